@@ -1,0 +1,99 @@
+"""Command line: `falco-nats-gateway [run] [flags]` and `falco-nats-gateway simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway import __version__, config
+from gateway.errors import ConfigError
+from gateway.logs import log, setup_logging
+
+LOG = logging.getLogger("gateway")
+
+_EPILOG = """\
+Every setting can also come from a YAML file (--config, keys as in the table
+below without the dashes: nats_url, listen, ...) and from an environment
+variable GATEWAY_<KEY> (GATEWAY_NATS_URL, GATEWAY_LISTEN, ...). falcosidekick's
+names are accepted too: NATS_HOSTPORT, NATS_SUBJECTTEMPLATE, NATS_MINIMUMPRIORITY,
+LISTENADDRESS, LISTENPORT. Flags win over the environment, which wins over the file.
+
+examples:
+  falco-nats-gateway --nats-url nats://nats:4222
+  falco-nats-gateway --falco-grpc unix:///run/falco/falco.sock --minimum-priority notice
+  falco-nats-gateway simulate --http-url http://127.0.0.1:2801/ --count 5
+
+other commands:
+  simulate    a Falco stand-in that emits alerts over gRPC and HTTP (see simulate --help)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="falco-nats-gateway",
+        description=(
+            "Carries Falco alerts onto NATS subjects (falco.<priority>.<rule>, falcosidekick's "
+            "names and payload), from Falco's gRPC outputs API and from its http_output."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    defaults = config.Settings()
+    for key, text in config.HELP.items():
+        default = getattr(defaults, key)
+        parser.add_argument(
+            "--" + key.replace("_", "-"),
+            dest=key,
+            metavar=key.split("_")[-1].upper(),
+            help=f"{text} (default: {default!r}; env {config.env_name(key)})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        from gateway.simulator.run import main as simulate_main
+
+        return simulate_main(argv[1:])
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        settings = config.load(flags, args.config)
+    except ConfigError as exc:
+        print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    from gateway.app import Gateway
+
+    async def serve() -> None:
+        gateway = Gateway(settings)
+        gateway.install_signal_handlers()
+        await gateway.run()
+
+    try:
+        _run(serve())
+    except ConfigError as exc:
+        print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log(logging.ERROR, "cannot start", LOG, error=str(exc))
+        return 1
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(main)
+        return
+    uvloop.run(main)

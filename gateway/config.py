@@ -1,0 +1,321 @@
+"""Settings: one table of keys, read from defaults, a YAML file, the environment and flags.
+
+Later sources win: defaults < `--config FILE` < falcosidekick's environment
+names < `GATEWAY_*` variables < command-line flags. Every key has the same
+name everywhere: `nats_url` in YAML, `GATEWAY_NATS_URL` in the environment,
+`--nats-url` on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.event import Priority
+from gateway.subject import SubjectTemplate
+
+ENV_PREFIX = "GATEWAY_"
+
+# Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT... for every Service;
+# a Service named "gateway" would otherwise look like unknown settings.
+_K8S_SERVICE_ENV = re.compile(
+    r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)\Z"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str = "nats://127.0.0.1:4222"
+    listen: str = "0.0.0.0:2801"
+    falco_grpc: str = ""
+    grpc_poll_interval: float = 0.1
+    grpc_client_cert: str = ""
+    grpc_client_key: str = ""
+    grpc_ca_cert: str = ""
+    grpc_server_name: str = ""
+    subject_template: str = "falco.<priority>.<rule>"
+    minimum_priority: str = "debug"
+    max_body_bytes: int = 1024 * 1024
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    @property
+    def listen_host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def minimum(self) -> Priority:
+        return Priority.parse(self.minimum_priority)
+
+    def validate(self) -> Settings:
+        """Check every value; ConfigError names the first bad key."""
+        if not self.nats_servers:
+            raise ConfigError("nats_url", "no NATS server given")
+        for server in self.nats_servers:
+            _check_nats_url(server)
+        _split_listen(self.listen)
+        if self.falco_grpc:
+            _check_grpc_address(self)
+        if not 0.001 <= self.grpc_poll_interval <= 10:
+            raise ConfigError(
+                "grpc_poll_interval", f"{self.grpc_poll_interval} is not within 0.001..10 seconds"
+            )
+        SubjectTemplate(self.subject_template)
+        try:
+            Priority.parse(self.minimum_priority)
+        except ValueError as exc:
+            raise ConfigError("minimum_priority", str(exc)) from None
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes", f"{self.max_body_bytes} is below 1024 bytes")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown_timeout", "must not be negative")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(
+                "log_level", f"{self.log_level!r} is not one of debug, info, warning, error"
+            )
+        return self
+
+
+HELP: dict[str, str] = {
+    "nats_url": "NATS server URL; comma-separate several for a cluster",
+    "listen": "HOST:PORT of the HTTP listener for Falco's http_output",
+    "falco_grpc": "Falco gRPC address (unix:///run/falco/falco.sock or HOST:PORT); empty: gRPC off",
+    "grpc_poll_interval": "seconds between the empty requests that keep Falco's sub stream flowing",
+    "grpc_client_cert": "client certificate (PEM) for Falco gRPC over TCP (mutual TLS)",
+    "grpc_client_key": "client private key (PEM) for Falco gRPC over TCP",
+    "grpc_ca_cert": "CA certificate (PEM) that signed Falco's gRPC server certificate",
+    "grpc_server_name": "expected name in Falco's server certificate, if not the host",
+    "subject_template": "NATS subject; placeholders <priority>, <rule>, <source>, <hostname>",
+    "minimum_priority": "drop alerts below this priority (debug keeps all; 'info' works)",
+    "max_body_bytes": "largest accepted HTTP request body, in bytes",
+    "shutdown_timeout": "seconds to finish in-flight alerts and drain NATS on SIGTERM",
+    "log_level": "debug, info, warning or error",
+}
+
+# falcosidekick's names for the same settings (environment, and YAML after flattening
+# nested keys with dots), so its configuration can be reused unchanged.
+FALCOSIDEKICK_ALIASES: dict[str, str] = {
+    "nats.hostport": "nats_url",
+    "nats.subjecttemplate": "subject_template",
+    "nats.minimumpriority": "minimum_priority",
+    "listenaddress": "listen_address",
+    "listenport": "listen_port",
+    "debug": "debug",
+}
+FALCOSIDEKICK_ENV = {
+    key.replace(".", "_").upper(): name for key, name in FALCOSIDEKICK_ALIASES.items()
+}
+
+_KEYS = {f.name: f for f in fields(Settings)}
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from every source, validated."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_from_yaml(Path(config_file)))
+    values.update(_from_env(environ))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return _build(values).validate()
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    settings = Settings()
+    values = dict(values)
+    host, port = values.pop("listen_address", None), values.pop("listen_port", None)
+    debug = values.pop("debug", None)
+    converted: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in _KEYS:
+            raise ConfigError(key, f"unknown setting; known: {', '.join(_KEYS)}")
+        converted[key] = _convert(key, raw)
+    settings = replace(settings, **converted)
+    if host is not None or port is not None:
+        current_host, current_port = _split_listen(settings.listen)
+        host_text = current_host if host is None else str(host)
+        port_text = str(current_port) if port is None else str(port)
+        settings = replace(settings, listen=f"{host_text}:{port_text}")
+    if debug is not None and _convert_bool("debug", debug) and "log_level" not in values:
+        settings = replace(settings, log_level="debug")
+    return settings
+
+
+def _convert(key: str, raw: Any) -> Any:
+    kind = _KEYS[key].type
+    converter: Callable[[str, Any], Any] = {
+        "str": _convert_str,
+        "int": _convert_int,
+        "float": _convert_float,
+    }[str(kind)]
+    return converter(key, raw)
+
+
+def _convert_str(key: str, raw: Any) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ConfigError(key, f"expected text, got {type(raw).__name__}")
+    return str(raw).strip()
+
+
+def _convert_int(key: str, raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(key, "expected a whole number, got a boolean")
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(key, f"expected a whole number, got {raw!r}") from None
+
+
+def _convert_float(key: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(key, "expected a number, got a boolean")
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(key, f"expected a number, got {raw!r}") from None
+
+
+def _convert_bool(key: str, raw: Any) -> bool:
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(key, f"expected true or false, got {raw!r}")
+
+
+def _from_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, value in _flatten(doc).items():
+        name = FALCOSIDEKICK_ALIASES.get(key.lower(), key)
+        if name not in _KEYS and name not in {"listen_address", "listen_port", "debug"}:
+            raise ConfigError(key, f"unknown setting in {path}; known: {', '.join(_KEYS)}")
+        values[name] = value
+    return values
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in FALCOSIDEKICK_ENV.items():
+        if name in environ:
+            values[key] = environ[name]
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or _K8S_SERVICE_ENV.search(name):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _KEYS:
+            raise ConfigError(
+                name, f"unknown setting; known: {', '.join(env_name(k) for k in _KEYS)}"
+            )
+        values[key] = value
+    return values
+
+
+def _split_listen(listen: str, key: str = "listen") -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"{listen!r} is not HOST:PORT (for example 0.0.0.0:2801)")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def _check_nats_url(server: str) -> None:
+    parts = urlsplit(server if "://" in server else f"nats://{server}")
+    if parts.scheme not in {"nats", "tls", "ws", "wss"}:
+        raise ConfigError(
+            "nats_url", f"{_redact(server)!r}: scheme must be nats://, tls://, ws:// or wss://"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError("nats_url", f"{_redact(server)!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigError("nats_url", f"{_redact(server)!r} has no host")
+
+
+def _check_grpc_address(settings: Settings) -> None:
+    address = settings.falco_grpc
+    if address.startswith("unix://"):
+        if not address.removeprefix("unix://"):
+            raise ConfigError("falco_grpc", f"{address!r} names no socket path")
+        return
+    if "://" in address:
+        raise ConfigError(
+            "falco_grpc",
+            f"{address!r}: use unix:///path/to/falco.sock or HOST:PORT (TCP with mutual TLS)",
+        )
+    _split_listen(address, "falco_grpc")
+    missing = [
+        key
+        for key in ("grpc_client_cert", "grpc_client_key", "grpc_ca_cert")
+        if not getattr(settings, key)
+    ]
+    if missing:
+        raise ConfigError(
+            missing[0],
+            f"Falco serves gRPC over TCP ({address}) only with mutual TLS; "
+            "set grpc_client_cert, grpc_client_key and grpc_ca_cert, or use its unix socket",
+        )
+    for key in ("grpc_client_cert", "grpc_client_key", "grpc_ca_cert"):
+        path = Path(getattr(settings, key))
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(key, f"cannot read {path}")
+
+
+def _redact(url: str) -> str:
+    """A URL without its password or token, for messages."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=f"***@{netloc}").geturl()
+
+
+def redact(url: str) -> str:
+    return ",".join(_redact(part.strip()) for part in url.split(","))

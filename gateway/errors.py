@@ -1,0 +1,43 @@
+"""Every error the gateway raises on purpose derives from `GatewayError`.
+
+GatewayError
+├── ConfigError       a setting is wrong; the message names the key and the value
+├── AlertError        an alert cannot be read; carries the HTTP status to answer with
+└── SinkUnavailable   NATS cannot take an alert right now (not connected, buffer full)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of the gateway's own errors."""
+
+
+class ConfigError(GatewayError):
+    """A setting is missing, unknown or has a bad value; raised before start-up completes."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class AlertError(GatewayError):
+    """An alert that cannot be turned into an event. `status` is the HTTP answer (4xx)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class SinkUnavailable(GatewayError):
+    """The sink cannot accept an alert; the message says why.
+
+    `retryable` is False when trying again cannot help (the alert is larger than
+    the server's max_payload), True when it may (not connected, buffer full).
+    """
+
+    def __init__(self, reason: str, retryable: bool = True) -> None:
+        super().__init__(reason)
+        self.retryable = retryable

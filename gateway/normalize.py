@@ -1,0 +1,193 @@
+"""Pure functions from Falco's two wire formats to one `FalcoEvent`.
+
+http_output sends JSON with typed `output_fields` (numbers stay numbers, null
+is null). The gRPC API sends every output field as a string: strings as they
+are, any other JSON value as its JSON text (`34816`, `true`, `null`). So that a
+consumer sees the same types whichever path an alert took, a gRPC value that
+is the JSON text of a non-string value (number, boolean, null, array, object)
+is presented as that value.
+
+The one ambiguity that remains: a string-typed field whose text is itself such
+JSON text (a pod named `12345`, a value `true`) cannot be told apart on the
+gRPC path, and is presented as the number or boolean; over HTTP it stays a string.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway.errors import AlertError
+from gateway.event import FalcoEvent, FieldValue, Priority
+from gateway.falco_pb import outputs_pb2, schema_pb2
+from gateway.timefmt import parse_rfc3339_ns
+
+_NS_PER_S = 1_000_000_000
+
+# First characters of the JSON text of a non-string value, and the last
+# character it may end with; anything else on the gRPC path is a plain string.
+_JSON_VALUE_START = frozenset("-0123456789tfn[{")
+_JSON_VALUE_END = re.compile(r"[0-9el\]}]\Z")
+_DEPRECATED_SOURCES: dict[int, str] = {
+    schema_pb2.SYSCALL: "syscall",
+    schema_pb2.K8S_AUDIT: "k8s_audit",
+    schema_pb2.INTERNAL: "internal",
+    schema_pb2.PLUGIN: "plugin",
+}
+_TEXT_PLAIN_HINT = (
+    "Falco sent a plain text line; set `json_output: true` in falco.yaml "
+    "(Helm: falco.json_output=true) so that http_output posts JSON"
+)
+
+
+def from_http_body(body: bytes, content_type: str = "application/json") -> FalcoEvent:
+    """The event in one http_output POST body; AlertError (4xx) names what is wrong."""
+    if not body.strip():
+        raise AlertError("empty body: expected one Falco alert as a JSON object")
+    if content_type.split(";", 1)[
+        0
+    ].strip().lower() == "text/plain" and not body.lstrip().startswith(b"{"):
+        raise AlertError(_TEXT_PLAIN_HINT, status=415)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise AlertError(f"body is not valid UTF-8 (byte {uexc.start})") from None
+        raise AlertError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise AlertError(f"expected a JSON object (one Falco alert), got {_json_kind(doc)}")
+    return from_json_object(doc)
+
+
+def from_json_object(doc: Mapping[str, Any]) -> FalcoEvent:
+    """The event in a decoded Falco JSON alert. Unknown keys are ignored."""
+    rule = _required_text(doc, "rule")
+    priority_text = _required_text(doc, "priority")
+    try:
+        priority = Priority.parse(priority_text)
+    except ValueError as exc:
+        raise AlertError(str(exc)) from None
+    time_text = _required_text(doc, "time")
+    try:
+        time_ns = parse_rfc3339_ns(time_text)
+    except ValueError as exc:
+        raise AlertError(f"field 'time': {exc}") from None
+    fields = doc.get("output_fields")
+    if fields is None:
+        fields = {}
+    elif not isinstance(fields, dict):
+        raise AlertError(f"field 'output_fields' must be a JSON object, got {_json_kind(fields)}")
+    return FalcoEvent(
+        time_ns=time_ns,
+        priority=priority,
+        rule=rule,
+        output=_optional_text(doc, "output"),
+        source=_optional_text(doc, "source") or "syscall",
+        hostname=_optional_text(doc, "hostname"),
+        tags=_tags(doc.get("tags")),
+        output_fields={key: fields[key] for key in sorted(fields)},
+    )
+
+
+def from_grpc(response: outputs_pb2.response) -> FalcoEvent:
+    """The event in one `falco.outputs.response`; AlertError if Falco's contract is broken."""
+    if not response.HasField("time"):
+        raise AlertError("gRPC response without a time")
+    if not response.rule:
+        raise AlertError("gRPC response with an empty rule")
+    try:
+        priority = Priority(response.priority)
+    except ValueError:
+        raise AlertError(
+            f"gRPC response with unknown priority number {response.priority}"
+        ) from None
+    fields = response.output_fields
+    return FalcoEvent(
+        time_ns=response.time.seconds * _NS_PER_S + response.time.nanos,
+        priority=priority,
+        rule=response.rule,
+        output=response.output,
+        source=response.source or _deprecated_source_name(response.source_deprecated),
+        hostname=response.hostname,
+        tags=tuple(response.tags),
+        output_fields={key: grpc_field_value(fields[key]) for key in sorted(fields)},
+    )
+
+
+def grpc_field_value(text: str) -> FieldValue:
+    """A gRPC output field value as the JSON value it stands for (see module docstring)."""
+    if text and text[0] in _JSON_VALUE_START and _JSON_VALUE_END.search(text):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]
+    return text
+
+
+def self_test_event(now_ns: int | None = None) -> FalcoEvent:
+    """The alert `POST /test` publishes, shaped like falcosidekick's test alert."""
+    hostname = socket.gethostname()
+    return FalcoEvent(
+        time_ns=time.time_ns() if now_ns is None else now_ns,
+        priority=Priority.DEBUG,
+        rule="Test rule",
+        output="This is a test from falco-nats-gateway",
+        source="internal",
+        hostname=hostname,
+        tags=("test", "example"),
+        output_fields={"proc.name": "falco-nats-gateway", "user.name": "falco-nats-gateway"},
+    )
+
+
+def _required_text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if value is None:
+        raise AlertError(f"missing field {key!r}")
+    if not isinstance(value, str):
+        raise AlertError(f"field {key!r} must be a string, got {_json_kind(value)}")
+    if not value.strip():
+        raise AlertError(f"field {key!r} is empty")
+    return value
+
+
+def _optional_text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise AlertError(f"field {key!r} must be a string, got {_json_kind(value)}")
+    return value
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise AlertError("field 'tags' must be a list of strings")
+    return tuple(value)
+
+
+def _deprecated_source_name(number: int) -> str:
+    # Falco before field 9 filled only the enum; its lower-case name is Falco's
+    # own source name for syscall, k8s_audit and internal.
+    return _DEPRECATED_SOURCES.get(number, "syscall")
+
+
+def _json_kind(value: object) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), "null")

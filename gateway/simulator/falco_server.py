@@ -1,0 +1,132 @@
+"""Falco 0.43's gRPC outputs and version services, with Falco's queue semantics.
+
+Faithful to `grpc_server.cpp` and `grpc_request_context.cpp`:
+- one global queue; every alert is popped once, whichever client pops it;
+- `sub` reads one client request, writes alerts while the queue has any, then
+  waits for the next request (a client that stops asking stops receiving);
+- `get` drains the queue and ends the call;
+- a `unix://` address is served in plaintext; any other address requires and
+  verifies a client certificate.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+
+FALCO_VERSION = "0.43.1"
+
+
+class AlertQueue:
+    """Falco's output queue: unbounded, shared by every client, each alert popped once."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[outputs_pb2.response] = collections.deque()
+
+    def push(self, response: outputs_pb2.response) -> None:
+        self._items.append(response)
+
+    def pop(self) -> outputs_pb2.response | None:
+        return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Outputs(outputs_pb2_grpc.serviceServicer):
+    def __init__(self, queue: AlertQueue) -> None:
+        self.queue = queue
+        self.requests = 0
+
+    async def sub(
+        self,
+        request_iterator: AsyncIterator[outputs_pb2.request],
+        context: grpc.aio.ServicerContext[outputs_pb2.request, outputs_pb2.response],
+    ) -> AsyncIterator[outputs_pb2.response]:
+        async for _request in request_iterator:
+            self.requests += 1
+            while (response := self.queue.pop()) is not None:
+                yield response
+
+    async def get(
+        self,
+        request: outputs_pb2.request,
+        context: grpc.aio.ServicerContext[outputs_pb2.request, outputs_pb2.response],
+    ) -> AsyncIterator[outputs_pb2.response]:
+        while (response := self.queue.pop()) is not None:
+            yield response
+
+
+class _Version(version_pb2_grpc.serviceServicer):
+    async def version(
+        self,
+        request: version_pb2.request,
+        context: grpc.aio.ServicerContext[version_pb2.request, version_pb2.response],
+    ) -> version_pb2.response:
+        major, minor, patch = (int(p) for p in FALCO_VERSION.split("."))
+        return version_pb2.response(
+            version=FALCO_VERSION,
+            major=major,
+            minor=minor,
+            patch=patch,
+            engine_version="0.57.0",
+            engine_major=0,
+            engine_minor=57,
+            engine_patch=0,
+        )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """Falco's gRPC TLS material: its key and certificate, and the CA of its clients."""
+
+    private_key: bytes
+    certificate_chain: bytes
+    root_certificates: bytes
+
+
+class FalcoServer:
+    """A running Falco gRPC endpoint. `emit` queues an alert as Falco's outputs would."""
+
+    def __init__(
+        self, address: str, tls: ServerTls | None = None, queue: AlertQueue | None = None
+    ) -> None:
+        self.address = address
+        self.queue = queue if queue is not None else AlertQueue()
+        self._outputs = _Outputs(self.queue)
+        self._server = grpc.aio.server()
+        outputs_pb2_grpc.add_serviceServicer_to_server(self._outputs, self._server)
+        version_pb2_grpc.add_serviceServicer_to_server(_Version(), self._server)
+        if address.startswith("unix://"):
+            self.port = self._server.add_insecure_port(address)
+        else:
+            if tls is None:
+                raise ValueError(f"{address}: Falco serves TCP only with mutual TLS")
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.certificate_chain)],
+                root_certificates=tls.root_certificates,
+                require_client_auth=True,
+            )
+            self.port = self._server.add_secure_port(address, credentials)
+
+    @property
+    def requests_seen(self) -> int:
+        """How many `sub` requests clients have sent: shows the client keeps asking."""
+        return self._outputs.requests
+
+    def emit(self, response: outputs_pb2.response) -> None:
+        self.queue.push(response)
+
+    async def start(self) -> FalcoServer:
+        await self._server.start()
+        return self
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; with no grace, streams break as when Falco dies."""
+        await self._server.stop(grace)

@@ -1,0 +1,180 @@
+"""The gRPC source: a client of Falco's `falco.outputs.service/sub` stream.
+
+Falco writes queued alerts only after it reads a client `request`, and stops
+at the first moment its queue is empty until the next request arrives. So the
+client sends an empty request every `poll_interval` seconds for as long as the
+stream lives; that interval bounds the delay of an alert that arrives after an
+idle spell. Falco's queue is shared: every alert goes to exactly one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from gateway.backoff import Backoff
+from gateway.errors import AlertError, ConfigError, SinkUnavailable
+from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+from gateway.logs import OncePer, StateLog, log
+from gateway.normalize import from_grpc
+from gateway.pipeline import Pipeline
+
+LOG = logging.getLogger("gateway.grpc")
+
+VERSION_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """Client side of Falco's mandatory mutual TLS on TCP, read once at start-up."""
+
+    root_certificates: bytes
+    private_key: bytes
+    certificate_chain: bytes
+    server_name: str = ""
+
+    @classmethod
+    def from_files(cls, ca: str, key: str, cert: str, server_name: str = "") -> GrpcTls:
+        return cls(
+            root_certificates=_read("grpc_ca_cert", ca),
+            private_key=_read("grpc_client_key", key),
+            certificate_chain=_read("grpc_client_cert", cert),
+            server_name=server_name,
+        )
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise ConfigError(key, f"{path} is not a PEM file")
+    return data
+
+
+class FalcoGrpcSource:
+    def __init__(
+        self,
+        address: str,
+        pipeline: Pipeline,
+        poll_interval: float = 0.1,
+        tls: GrpcTls | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not address.startswith("unix://") and tls is None:
+            raise ConfigError("falco_grpc", f"{address}: TCP needs mutual TLS certificates")
+        self.address = address
+        self.pipeline = pipeline
+        self.poll_interval = poll_interval
+        self.tls = tls
+        self.backoff = backoff or Backoff(initial=0.1, maximum=5.0)
+        self.state = StateLog("falco-grpc", LOG)
+        self.falco_version = ""
+        self._rejections = OncePer()
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls.root_certificates,
+            private_key=self.tls.private_key,
+            certificate_chain=self.tls.certificate_chain,
+        )
+        options = []
+        if self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return grpc.aio.secure_channel(self.address, credentials, options=options)
+
+    async def run(self, stop: asyncio.Event, drain_timeout: float = 5.0) -> None:
+        """Stream alerts until `stop` is set, reconnecting to Falco as often as needed."""
+        while not stop.is_set():
+            try:
+                await self._session(stop, drain_timeout)
+            except grpc.aio.AioRpcError as exc:
+                self.state.change(
+                    "unavailable",
+                    logging.WARNING,
+                    code=exc.code().name,
+                    details=exc.details() or "",
+                )
+            if stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
+        self.state.change("stopped")
+
+    async def _session(self, stop: asyncio.Event, drain_timeout: float) -> None:
+        async with self._channel() as channel:
+            version = await self._read_version(channel)
+            self.falco_version = version
+            self.state.change("connected", address=self.address, falco_version=version)
+            self.backoff.reset()
+            call = outputs_pb2_grpc.serviceStub(channel).sub(self._requests(stop))
+            reader = asyncio.create_task(self._read_stream(call))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not reader.done():
+                # Stop asked: the request stream has ended, so Falco writes what it
+                # already took from its queue and finishes the call. Read all of it.
+                done, _ = await asyncio.wait({reader}, timeout=drain_timeout)
+                if not done:
+                    call.cancel()
+                    reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if not stop.is_set():
+            self.state.change("ended", logging.WARNING, reason="Falco closed the stream")
+
+    async def _read_version(self, channel: grpc.aio.Channel) -> str:
+        stub = version_pb2_grpc.serviceStub(channel)
+        try:
+            response = await stub.version(version_pb2.request(), timeout=VERSION_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return "unknown"
+        return str(response.version)
+
+    async def _requests(self, stop: asyncio.Event) -> AsyncIterator[outputs_pb2.request]:
+        request = outputs_pb2.request()
+        while not stop.is_set():
+            yield request
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+
+    async def _read_stream(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        async for response in call:
+            await self._handle(response)
+
+    async def _handle(self, response: outputs_pb2.response) -> None:
+        try:
+            event = from_grpc(response)
+        except AlertError as exc:
+            self.pipeline.rejected("grpc")
+            if self._rejections.first(exc.reason):
+                log(logging.WARNING, "alert rejected", LOG, path="grpc", reason=exc.reason)
+            return
+        outgoing = self.pipeline.prepare(event, "grpc")
+        if outgoing is None:
+            return
+        retry = Backoff(initial=0.05, maximum=2.0)
+        while True:
+            try:
+                await self.pipeline.publish(outgoing)
+                return
+            except SinkUnavailable as exc:
+                if not exc.retryable:
+                    log(logging.ERROR, "alert not publishable", LOG, path="grpc", reason=str(exc))
+                    return
+                # Hold the stream rather than drop the alert: while this waits,
+                # no more responses are read and Falco's queue keeps the rest.
+                await asyncio.sleep(retry.next_delay())

@@ -1,0 +1,114 @@
+"""The HTTP source: Falco's http_output posts here, as it would to falcosidekick.
+
+Routes (falcosidekick's): `POST /` one alert; `GET /ping` -> pong;
+`GET /healthz` -> 200 when NATS is connected, 503 with the reason otherwise;
+`POST /test` publishes a test alert. Falco waits for every response on its one
+output thread, so the handler does nothing that can wait on NATS round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from gateway.errors import AlertError, SinkUnavailable
+from gateway.logs import OncePer, log
+from gateway.normalize import from_http_body, self_test_event
+from gateway.pipeline import Filtered, Pipeline, Published
+
+LOG = logging.getLogger("gateway.http")
+
+HealthCheck = Callable[[], tuple[bool, str]]
+
+_JSON = "application/json"
+
+
+def _json(status: int, body: bytes) -> Response:
+    return Response(body, status=status, content_type=_JSON)
+
+
+def _error(status: int, reason: str) -> Response:
+    return _json(status, orjson.dumps({"error": reason}))
+
+
+def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> Quart:
+    app = Quart("falco-nats-gateway")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # A slow or stalled client may not hold a connection open for long.
+    app.config["BODY_TIMEOUT"] = 10
+    rejections = OncePer()
+
+    @app.post("/")
+    async def alert() -> Response:
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        try:
+            event = from_http_body(body, request.headers.get("Content-Type", _JSON))
+        except AlertError as exc:
+            pipeline.rejected("http")
+            if rejections.first(exc.reason):
+                log(logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason)
+            return _error(exc.status, exc.reason)
+        return await _submit(pipeline, event, "http")
+
+    @app.post("/test")
+    async def test() -> Response:
+        return await _submit(pipeline, self_test_event(), "test")
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        return Response("pong\n", content_type="text/plain")
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        ok, reason = health()
+        if ok:
+            return _json(200, b'{"status": "ok"}')
+        return _json(503, orjson.dumps({"status": "unavailable", "reason": reason}))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            pipeline.rejected("http")
+            return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
+        return _error(exc.code or 400, f"{exc.name}: {request.method} {request.path}")
+
+    return app
+
+
+async def _submit(pipeline: Pipeline, event: Any, path: Any) -> Response:
+    try:
+        outcome = await pipeline.submit(event, path)
+    except SinkUnavailable as exc:
+        return _error(503, str(exc))
+    if isinstance(outcome, Published):
+        return _json(200, orjson.dumps({"status": "published", "subject": outcome.subject}))
+    assert isinstance(outcome, Filtered)
+    return _json(200, orjson.dumps({"status": "filtered", "reason": outcome.reason}))
+
+
+async def serve_http(
+    app: Quart,
+    host: str,
+    port: int,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    graceful_timeout: float,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns; in-flight requests get `graceful_timeout`."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75  # Falco's libcurl keeps its connection; don't churn it
+    log(logging.INFO, "http listening", LOG, bind=config.bind[0])
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    await asyncio.sleep(0)

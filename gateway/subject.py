@@ -1,0 +1,76 @@
+"""NATS subjects from a template, named exactly as falcosidekick names them.
+
+falcosidekick publishes on `falco.<priority>.<rule>` where `<priority>` is the
+lower-cased priority and `<rule>` is the rule lower-cased, each run of
+characters outside [a-z0-9] replaced by one `_`, and `_` trimmed at both ends
+(outputs/nats.go). `<source>` and `<hostname>` get the same treatment, which
+also keeps a hostname's dots from splitting it into several subject tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+from gateway.errors import ConfigError
+from gateway.event import FalcoEvent
+
+DEFAULT_TEMPLATE = "falco.<priority>.<rule>"
+
+_SLUG_RUN = re.compile(r"[^a-z0-9]+")
+_PLACEHOLDER = re.compile(r"<([^<>]*)>")
+# Characters NATS forbids in a published subject: whitespace and the wildcards.
+_FORBIDDEN = re.compile(r"[\s*>]")
+
+
+@functools.lru_cache(maxsize=4096)
+def slug(text: str) -> str:
+    """falcosidekick's slug; an empty result becomes `_` so the subject stays valid.
+
+    Go's strings.ToLower maps U+0130 (dotted capital I) to a plain `i`, where
+    Python's str.lower gives `i` plus a combining dot; map it first to match.
+    """
+    return _SLUG_RUN.sub("_", text.replace("\u0130", "i").lower()).strip("_") or "_"
+
+
+_TOKENS: dict[str, Callable[[FalcoEvent], str]] = {
+    "priority": lambda e: e.priority.name.lower(),
+    "rule": lambda e: slug(e.rule),
+    "source": lambda e: slug(e.source),
+    "hostname": lambda e: slug(e.hostname),
+}
+
+
+class SubjectTemplate:
+    """A parsed subject template such as `falco.<priority>.<rule>`."""
+
+    def __init__(self, template: str, key: str = "subject_template") -> None:
+        self.template = template
+        parts: list[str | Callable[[FalcoEvent], str]] = []
+        position = 0
+        for match in _PLACEHOLDER.finditer(template):
+            parts.append(template[position : match.start()])
+            name = match.group(1)
+            if name not in _TOKENS:
+                known = ", ".join(f"<{t}>" for t in _TOKENS)
+                raise ConfigError(
+                    key, f"unknown placeholder <{name}> in {template!r}; known: {known}"
+                )
+            parts.append(_TOKENS[name])
+            position = match.end()
+        parts.append(template[position:])
+        literal = _PLACEHOLDER.sub("x", template)
+        if "<" in literal or ">" in literal or _FORBIDDEN.search(literal):
+            raise ConfigError(key, f"{template!r} has spaces, wildcards or a stray '<' or '>'")
+        if any(token == "" for token in literal.split(".")):
+            raise ConfigError(
+                key, f"{template!r} has an empty subject token (leading, trailing or '..')"
+            )
+        self._parts = tuple(p for p in parts if p != "")
+
+    def render(self, event: FalcoEvent) -> str:
+        return "".join(p if isinstance(p, str) else p(event) for p in self._parts)
+
+    def __repr__(self) -> str:
+        return f"SubjectTemplate({self.template!r})"

