@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import orjson
+
 from gateway.event import FalcoEvent, FieldValue, Priority
 
 # Falco field names contain dots, which str.format would read as attribute access.
@@ -186,9 +188,11 @@ def render(template: AlertTemplate, time_ns: int, hostname: str) -> FalcoEvent:
     fields = dict(template.fields)
     if template.source == "syscall":
         fields["evt.time"] = time_ns
-    values = {k: ("<NA>" if v is None else v) for k, v in fields.items()}
+    # Falco writes values into the output text as text: JSON spelling for
+    # booleans and numbers, <NA> for a missing value.
+    values = {k: _as_text(v) for k, v in fields.items()}
     clock = time.strftime("%H:%M:%S", time.gmtime(time_ns // 1_000_000_000))
-    text = _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), "<NA>")), template.message)
+    text = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), "<NA>"), template.message)
     output = f"{clock}.{time_ns % 1_000_000_000:09d}: {template.priority.canonical} {text}"
     return FalcoEvent(
         time_ns=time_ns,
@@ -200,6 +204,12 @@ def render(template: AlertTemplate, time_ns: int, hostname: str) -> FalcoEvent:
         tags=template.tags,
         output_fields={k: fields[k] for k in sorted(fields)},
     )
+
+
+def _as_text(value: FieldValue) -> str:
+    if value is None:
+        return "<NA>"
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def stream(hostname: str, count: int) -> Iterator[FalcoEvent]:

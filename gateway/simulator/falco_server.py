@@ -11,6 +11,7 @@ Faithful to `grpc_server.cpp` and `grpc_request_context.cpp`:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,16 +44,33 @@ class _Outputs(outputs_pb2_grpc.serviceServicer):
     def __init__(self, queue: AlertQueue) -> None:
         self.queue = queue
         self.requests = 0
+        self.active = 0
+        self.closing = asyncio.Event()
 
     async def sub(
         self,
         request_iterator: AsyncIterator[outputs_pb2.request],
         context: grpc.aio.ServicerContext[outputs_pb2.request, outputs_pb2.response],
     ) -> AsyncIterator[outputs_pb2.response]:
-        async for _request in request_iterator:
-            self.requests += 1
-            while (response := self.queue.pop()) is not None:
-                yield response
+        self.active += 1
+        requests = aiter(request_iterator)
+        try:
+            while True:
+                next_request = asyncio.ensure_future(anext(requests, None))
+                closing = asyncio.ensure_future(self.closing.wait())
+                await asyncio.wait({next_request, closing}, return_when=asyncio.FIRST_COMPLETED)
+                closing.cancel()
+                if not next_request.done():
+                    # Graceful stop: end the call with OK rather than have it cancelled.
+                    next_request.cancel()
+                    return
+                if next_request.result() is None:
+                    return  # the client half-closed
+                self.requests += 1
+                while (response := self.queue.pop()) is not None:
+                    yield response
+        finally:
+            self.active -= 1
 
     async def get(
         self,
@@ -128,5 +146,11 @@ class FalcoServer:
         return self
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop serving; with no grace, streams break as when Falco dies."""
+        """Stop serving. With a grace period, open `sub` streams end cleanly first;
+        with none, they break as when Falco dies."""
+        if grace is not None:
+            self._outputs.closing.set()
+            deadline = asyncio.get_running_loop().time() + grace
+            while self._outputs.active and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         await self._server.stop(grace)

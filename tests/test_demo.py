@@ -1,0 +1,31 @@
+"""`make demo` keeps working: the script runs the whole pipeline and checks itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import subprocess_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_shows_alerts_on_both_paths() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert 'Received on "falco.notice.terminal_shell_in_container"' in out
+    assert "Falco-Gateway-Path: grpc" in out
+    assert "Falco-Gateway-Path: http" in out
+    assert "via gRPC (sub stream)         : 8" in out
+    assert "via HTTP (POST /)             : 8" in out
+    assert "demo OK" in out
+    assert "Traceback" not in out + result.stderr
