@@ -56,7 +56,84 @@ async def pipe_lines(stream: asyncio.StreamReader, prefix: str) -> None:
         print(f"{DIM}{prefix} | {line.decode().rstrip()}{RESET}", flush=True)
 
 
-async def main() -> int:
+def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def print_like_nats_sub(number: int, msg: Msg) -> None:
+    print(f'\n[#{number}] Received on "{msg.subject}"')
+    for name, value in (msg.headers or {}).items():
+        print(f"{name}: {value}")
+    print(f"\n{msg.data.decode()}\n", flush=True)
+
+
+async def run_alerts(
+    nats_url: str, http_port: int, falco_socket: str, env: dict[str, str]
+) -> tuple[list[Msg], int]:
+    """Subscribe to falco.>, run the simulator, collect what arrives."""
+    step("subscribing to falco.> (as `nats sub 'falco.>'` would)")
+    nc = await nats.connect(nats_url)
+    received: list[Msg] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        received.append(msg)
+        print_like_nats_sub(len(received), msg)
+        if len(received) >= ALERTS:
+            done.set()
+
+    await nc.subscribe("falco.>", cb=on_msg)
+    await nc.flush()
+    step(f"Falco simulator: {ALERTS} alerts, alternating gRPC and HTTP")
+    simulator = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "simulate",
+        "--grpc-listen", falco_socket,
+        "--http-url", f"http://127.0.0.1:{http_port}/",
+        "--count", str(ALERTS),
+        "--interval", "0.15",
+        "--hostname", "minikube",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )  # fmt: skip
+    assert simulator.stdout is not None
+    printer = asyncio.create_task(pipe_lines(simulator.stdout, "falco-simulator"))
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    except TimeoutError:
+        print(f"demo: only {len(received)} of {ALERTS} alerts arrived within 30s", file=sys.stderr)
+    simulator_rc = await simulator.wait()
+    await printer
+    await nc.drain()
+    return received, simulator_rc
+
+
+def summarize(received: list[Msg], gateway_rc: int, simulator_rc: int, workdir: Path) -> bool:
+    paths = Counter((m.headers or {}).get("Falco-Gateway-Path", "?") for m in received)
+    subjects = Counter(m.subject for m in received)
+    ids = {(m.headers or {}).get("Nats-Msg-Id") for m in received}
+    ok = (
+        len(received) == ALERTS
+        and subjects[SEED_SUBJECT] >= 1
+        and gateway_rc == 0
+        and simulator_rc == 0
+        and len(ids) == ALERTS
+    )
+    step("summary")
+    print(f"  alerts emitted by the simulator : {ALERTS}")
+    print(f"  received on falco.>             : {len(received)}")
+    print(f"    via gRPC (sub stream)         : {paths['grpc']}")
+    print(f"    via HTTP (POST /)             : {paths['http']}")
+    print(f"  distinct Nats-Msg-Id            : {len(ids)}")
+    print(f"  seed alert on {SEED_SUBJECT}: {subjects[SEED_SUBJECT]}")
+    print(f"  gateway exit code after SIGTERM : {gateway_rc}")
+    kept = os.environ.get("KEEP") == "1"
+    print(f"  logs                            : {workdir if kept else 'removed (KEEP=1 keeps them)'}")
+    print(f"{BOLD}{'demo OK' if ok else 'demo FAILED'}{RESET}")
+    return ok
+
+
+def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="falco-nats-gateway-demo-"))
     nats_bin = Path(sys.executable).parent / "nats-server"
     if not nats_bin.exists():
@@ -72,102 +149,35 @@ async def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         step(f"nats-server on {nats_url}")
-        nats_proc = subprocess.Popen(
-            [str(nats_bin), "-a", "127.0.0.1", "-p", str(nats_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=(workdir / "nats.log").open("wb"),
+        procs.append(
+            start(
+                [str(nats_bin), "-a", "127.0.0.1", "-p", str(nats_port)], workdir / "nats.log", env
+            )
         )
-        procs.append(nats_proc)
-        wait_for_port(nats_port, nats_proc, "nats-server")
-
-        step(f"subscribing to falco.> (as `nats sub 'falco.>'` would)")
-        nc = await nats.connect(nats_url)
-        received: list[Msg] = []
-        done = asyncio.Event()
-
-        async def on_msg(msg: Msg) -> None:
-            received.append(msg)
-            headers = msg.headers or {}
-            print(f'\n[#{len(received)}] Received on "{msg.subject}"')
-            for name, value in headers.items():
-                print(f"{name}: {value}")
-            print(f"\n{msg.data.decode()}\n", flush=True)
-            if len(received) >= ALERTS:
-                done.set()
-
-        await nc.subscribe("falco.>", cb=on_msg)
-        await nc.flush()
+        wait_for_port(nats_port, procs[-1], "nats-server")
 
         step(f"gateway: HTTP on 127.0.0.1:{http_port}, Falco gRPC on {falco_socket}")
-        gateway_log = (workdir / "gateway.log").open("wb")
-        gateway = subprocess.Popen(
-            [
-                sys.executable, "-m", "gateway",
-                "--nats-url", nats_url,
-                "--listen", f"127.0.0.1:{http_port}",
-                "--falco-grpc", falco_socket,
-            ],
-            stdout=gateway_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
+        gateway_cmd = [
+            sys.executable, "-m", "gateway",
+            "--nats-url", nats_url,
+            "--listen", f"127.0.0.1:{http_port}",
+            "--falco-grpc", falco_socket,
+        ]  # fmt: skip
+        gateway = start(gateway_cmd, workdir / "gateway.log", env)
         procs.append(gateway)
         wait_for_port(http_port, gateway, "the gateway")
 
-        step(f"Falco simulator: {ALERTS} alerts, alternating gRPC and HTTP")
-        simulator = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "simulate",
-            "--grpc-listen", falco_socket,
-            "--http-url", f"http://127.0.0.1:{http_port}/",
-            "--count", str(ALERTS),
-            "--interval", "0.15",
-            "--hostname", "minikube",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
-        printer = asyncio.create_task(pipe_lines(simulator.stdout, "falco-simulator"))  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-        except TimeoutError:
-            print(
-                f"demo: only {len(received)} of {ALERTS} alerts arrived within 30s", file=sys.stderr
-            )
-        simulator_rc = await simulator.wait()
-        await printer
-        await nc.drain()
+        received, simulator_rc = asyncio.run(run_alerts(nats_url, http_port, falco_socket, env))
 
         step("stopping the gateway with SIGTERM")
         gateway.send_signal(signal.SIGTERM)
         gateway_rc = gateway.wait(20)
-        gateway_log.close()
-        log_lines = (workdir / "gateway.log").read_text().splitlines()
-        for line in log_lines:
-            if any(key in line for key in ("falco-grpc connected", "nats connected", "stopped")):
+        for line in (workdir / "gateway.log").read_text().splitlines():
+            if any(
+                key in line for key in ("falco-grpc connected", "nats connected", "msg=stopped")
+            ):
                 print(f"{DIM}gateway | {line}{RESET}")
-
-        paths = Counter((m.headers or {}).get("Falco-Gateway-Path", "?") for m in received)
-        subjects = Counter(m.subject for m in received)
-        ok = (
-            len(received) == ALERTS
-            and subjects[SEED_SUBJECT] >= 1
-            and gateway_rc == 0
-            and simulator_rc == 0
-            and len({(m.headers or {}).get("Nats-Msg-Id") for m in received}) == ALERTS
-        )
-        step("summary")
-        print(f"  alerts emitted by the simulator : {ALERTS}")
-        print(f"  received on falco.>             : {len(received)}")
-        print(f"    via gRPC (sub stream)         : {paths['grpc']}")
-        print(f"    via HTTP (POST /)             : {paths['http']}")
-        print(
-            f"  distinct Nats-Msg-Id            : {len({(m.headers or {}).get('Nats-Msg-Id') for m in received})}"
-        )
-        print(f"  seed alert on {SEED_SUBJECT}: {subjects[SEED_SUBJECT]}")
-        print(f"  gateway exit code after SIGTERM : {gateway_rc}")
-        print(f"  logs                            : {workdir}")
-        print(f"{BOLD}{'demo OK' if ok else 'demo FAILED'}{RESET}")
-        return 0 if ok else 1
+        return 0 if summarize(received, gateway_rc, simulator_rc, workdir) else 1
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -181,4 +191,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
