@@ -128,7 +128,9 @@ def summarize(received: list[Msg], gateway_rc: int, simulator_rc: int, workdir: 
     print(f"  seed alert on {SEED_SUBJECT}: {subjects[SEED_SUBJECT]}")
     print(f"  gateway exit code after SIGTERM : {gateway_rc}")
     kept = os.environ.get("KEEP") == "1"
-    print(f"  logs                            : {workdir if kept else 'removed (KEEP=1 keeps them)'}")
+    print(
+        f"  logs                            : {workdir if kept else 'removed (KEEP=1 keeps them)'}"
+    )
     print(f"{BOLD}{'demo OK' if ok else 'demo FAILED'}{RESET}")
     return ok
 
