@@ -32,6 +32,21 @@ other commands:
 """
 
 
+_METAVARS = {
+    "nats_url": "URL[,URL...]",
+    "listen": "HOST:PORT",
+    "falco_grpc": "ADDRESS",
+    "grpc_poll_interval": "SECONDS",
+    "grpc_client_cert": "FILE",
+    "grpc_client_key": "FILE",
+    "grpc_ca_cert": "FILE",
+    "subject_template": "TEMPLATE",
+    "minimum_priority": "PRIORITY",
+    "max_body_bytes": "BYTES",
+    "shutdown_timeout": "SECONDS",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falco-nats-gateway",
@@ -50,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             "--" + key.replace("_", "-"),
             dest=key,
-            metavar=key.split("_")[-1].upper(),
+            metavar=_METAVARS.get(key, key.split("_")[-1].upper()),
             help=f"{text} (default: {default!r}; env {config.env_name(key)})",
         )
     return parser
