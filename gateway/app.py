@@ -1,4 +1,4 @@
-"""The gateway as one asyncio program: NATS sink, HTTP source, gRPC source, shutdown."""
+"""The gateway as one asyncio program: sources, spool, publisher, NATS, shutdown."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import logging
 import signal
 
 from gateway.config import Settings, redact
+from gateway.dedup import DedupWindow
 from gateway.logs import log
 from gateway.pipeline import Pipeline
-from gateway.sinks.nats import NatsSink
+from gateway.publisher import Publisher
+from gateway.sinks.nats import NatsSink, StreamSettings
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import create_app, serve_http
+from gateway.spool import Spool
+from gateway.stats import Stats
 from gateway.subject import SubjectTemplate
 
 LOG = logging.getLogger("gateway")
@@ -22,26 +26,47 @@ class Gateway:
     """Wires the pipeline from settings. `run()` returns after a clean shutdown."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.sink = NatsSink(settings.nats_servers)
+        self.settings = s = settings
+        stream = None
+        if s.jetstream:
+            stream = StreamSettings(
+                name=s.stream_name,
+                subjects=s.stream_subject_list,
+                create=s.stream_create,
+                storage=s.stream_storage,
+                replicas=s.stream_replicas,
+                max_age=s.stream_max_age,
+                duplicate_window=max(s.dedup_window, 1.0),
+            )
+        self.stats = Stats()
+        self.sink = NatsSink(s.nats_servers, stream, publish_timeout=s.publish_timeout)
+        self.spool = Spool(s.spool_dir, s.spool_max_bytes, s.spool_sync)
+        self.publisher = Publisher(
+            self.spool, self.sink, self.stats, batch_size=s.publish_batch, max_age=s.spool_max_age
+        )
         self.pipeline = Pipeline(
-            self.sink, SubjectTemplate(settings.subject_template), settings.minimum
+            SubjectTemplate(s.subject_template),
+            s.minimum,
+            self.spool,
+            dedup=DedupWindow(s.dedup_window, s.dedup_max_entries),
+            on_spooled=self.publisher.notify,
+            stats=self.stats,
         )
         self.grpc: FalcoGrpcSource | None = None
-        if settings.falco_grpc:
+        if s.falco_grpc:
             tls = None
-            if not settings.falco_grpc.startswith("unix://"):
+            if not s.falco_grpc.startswith("unix://"):
                 tls = GrpcTls.from_files(
-                    ca=settings.grpc_ca_cert,
-                    key=settings.grpc_client_key,
-                    cert=settings.grpc_client_cert,
-                    server_name=settings.grpc_server_name,
+                    ca=s.grpc_ca_cert,
+                    key=s.grpc_client_key,
+                    cert=s.grpc_client_cert,
+                    server_name=s.grpc_server_name,
                 )
-            self.grpc = FalcoGrpcSource(
-                settings.falco_grpc, self.pipeline, settings.grpc_poll_interval, tls
-            )
-        self.app = create_app(self.pipeline, self.health, settings.max_body_bytes)
+            self.grpc = FalcoGrpcSource(s.falco_grpc, self.pipeline, s.grpc_poll_interval, tls)
+        self.app = create_app(self.pipeline, self.health, s.max_body_bytes)
+        # `stop` ends intake; `_drain` then tells the publisher to finish up.
         self.stop = asyncio.Event()
+        self._drain = asyncio.Event()
 
     def health(self) -> tuple[bool, str]:
         if self.sink.connected:
@@ -55,31 +80,43 @@ class Gateway:
             "starting",
             LOG,
             nats=redact(s.nats_url),
+            mode="jetstream" if s.jetstream else "core",
             listen=s.listen,
             falco_grpc=s.falco_grpc or "off",
             subject_template=s.subject_template,
             minimum_priority=s.minimum.canonical,
+            spool=self.spool.location,
         )
         await self.sink.start()
-        http = asyncio.create_task(
-            serve_http(self.app, s.listen_host, s.listen_port, self.stop.wait, s.shutdown_timeout),
-            name="http",
+        publisher = asyncio.create_task(
+            self.publisher.run(self._drain, s.shutdown_timeout), name="publisher"
         )
-        grpc_task = None
+        intake = [
+            asyncio.create_task(
+                serve_http(
+                    self.app, s.listen_host, s.listen_port, self.stop.wait, s.shutdown_timeout
+                ),
+                name="http",
+            )
+        ]
         if self.grpc is not None:
-            grpc_task = asyncio.create_task(
-                self.grpc.run(self.stop, drain_timeout=s.shutdown_timeout), name="grpc"
+            intake.append(
+                asyncio.create_task(
+                    self.grpc.run(self.stop, drain_timeout=s.shutdown_timeout), name="grpc"
+                )
             )
         stopper = asyncio.create_task(self.stop.wait())
-        # A source that dies on its own (port taken) ends the gateway instead of
-        # leaving it half alive.
-        await asyncio.wait({http, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        # The HTTP server ending on its own (port taken) or the publisher failing
+        # (stream missing) ends the gateway instead of leaving it half alive.
+        await asyncio.wait({intake[0], publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         self.stop.set()
         stopper.cancel()
-        tasks = [t for t in (http, grpc_task) if t is not None]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*intake, return_exceptions=True)
+        self._drain.set()
+        results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
         await self.sink.close(timeout=s.shutdown_timeout)
-        log(logging.INFO, "stopped", LOG, **self.pipeline.stats.summary())
+        self.spool.close()
+        log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.stats.summary())
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result

@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from gateway import __version__, config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StreamError
 from gateway.logs import log, setup_logging
 
 LOG = logging.getLogger("gateway")
@@ -44,6 +44,18 @@ _METAVARS = {
     "minimum_priority": "PRIORITY",
     "max_body_bytes": "BYTES",
     "shutdown_timeout": "SECONDS",
+    "jetstream": "BOOL",
+    "stream_create": "BOOL",
+    "stream_subjects": "SUBJECTS",
+    "stream_max_age": "SECONDS",
+    "dedup_window": "SECONDS",
+    "dedup_max_entries": "N",
+    "spool_dir": "DIR",
+    "spool_max_bytes": "BYTES",
+    "spool_max_age": "SECONDS",
+    "spool_sync": "normal|full",
+    "publish_batch": "N",
+    "publish_timeout": "SECONDS",
 }
 
 
@@ -62,9 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = config.Settings()
     for key, text in config.HELP.items():
         default = getattr(defaults, key)
+        is_bool = isinstance(default, bool)
         parser.add_argument(
             "--" + key.replace("_", "-"),
             dest=key,
+            # A bare `--jetstream` means true; `--jetstream false` also works.
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
             metavar=_METAVARS.get(key, key.split("_")[-1].upper()),
             help=f"{text} (default: {default!r}; env {config.env_name(key)})",
         )
@@ -99,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StreamError as exc:
+        print(f"falco-nats-gateway: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         log(logging.ERROR, "cannot start", LOG, error=str(exc))
         return 1

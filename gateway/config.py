@@ -46,6 +46,21 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     shutdown_timeout: float = 10.0
     log_level: str = "info"
+    jetstream: bool = False
+    stream_name: str = "FALCO"
+    stream_subjects: str = "falco.>"
+    stream_create: bool = False
+    stream_storage: str = "file"
+    stream_replicas: int = 1
+    stream_max_age: float = 0.0
+    dedup_window: float = 120.0
+    dedup_max_entries: int = 250_000
+    spool_dir: str = ""
+    spool_max_bytes: int = 128 * 1024 * 1024
+    spool_max_age: float = 0.0
+    spool_sync: str = "normal"
+    publish_batch: int = 256
+    publish_timeout: float = 5.0
 
     @property
     def nats_servers(self) -> list[str]:
@@ -62,6 +77,10 @@ class Settings:
     @property
     def minimum(self) -> Priority:
         return Priority.parse(self.minimum_priority)
+
+    @property
+    def stream_subject_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.stream_subjects.split(",") if s.strip())
 
     def validate(self) -> Settings:
         """Check every value; ConfigError names the first bad key."""
@@ -89,7 +108,30 @@ class Settings:
             raise ConfigError(
                 "log_level", f"{self.log_level!r} is not one of debug, info, warning, error"
             )
+        self._validate_delivery()
         return self
+
+    def _validate_delivery(self) -> None:
+        if self.jetstream:
+            _check_stream(self)
+        if self.dedup_window < 0:
+            raise ConfigError("dedup_window", "must not be negative (0 turns deduplication off)")
+        if self.dedup_max_entries < 1000:
+            raise ConfigError("dedup_max_entries", f"{self.dedup_max_entries} is below 1000")
+        if self.spool_max_bytes < 64 * 1024:
+            raise ConfigError("spool_max_bytes", f"{self.spool_max_bytes} is below 65536 bytes")
+        if self.spool_max_age < 0:
+            raise ConfigError(
+                "spool_max_age", "must not be negative (0 keeps alerts until delivered)"
+            )
+        if self.spool_sync not in {"normal", "full"}:
+            raise ConfigError("spool_sync", f"{self.spool_sync!r} is not normal or full")
+        if not 1 <= self.publish_batch <= 10_000:
+            raise ConfigError("publish_batch", f"{self.publish_batch} is not within 1..10000")
+        if not 0.1 <= self.publish_timeout <= 300:
+            raise ConfigError(
+                "publish_timeout", f"{self.publish_timeout} is not within 0.1..300 seconds"
+            )
 
 
 HELP: dict[str, str] = {
@@ -106,6 +148,21 @@ HELP: dict[str, str] = {
     "max_body_bytes": "largest accepted HTTP request body, in bytes",
     "shutdown_timeout": "seconds to finish in-flight alerts and drain NATS on SIGTERM",
     "log_level": "debug, info, warning or error",
+    "jetstream": "publish to JetStream and wait for its acks (core NATS otherwise)",
+    "stream_name": "JetStream stream the alerts must land in",
+    "stream_subjects": "subjects of the stream, comma-separated (when the gateway creates it)",
+    "stream_create": "create the stream if missing, and update it to these settings",
+    "stream_storage": "file or memory (when the gateway creates the stream)",
+    "stream_replicas": "stream replicas, 1 to 5 (when the gateway creates the stream)",
+    "stream_max_age": "seconds the stream keeps an alert, 0: no limit (if the gateway creates it)",
+    "dedup_window": "seconds within which the second copy of an alert (gRPC and HTTP) is dropped",
+    "dedup_max_entries": "most alert ids remembered for deduplication (bounds its memory)",
+    "spool_dir": "folder of the durable spool; empty: alerts wait in memory only",
+    "spool_max_bytes": "spool size past which alerts are refused (HTTP 503, gRPC held back)",
+    "spool_max_age": "seconds an undelivered alert may wait before it is dropped, 0: forever",
+    "spool_sync": "normal (survives a killed gateway) or full (fsync each alert, power-cut safe)",
+    "publish_batch": "most alerts handed to NATS at once (JetStream acks in flight)",
+    "publish_timeout": "seconds to wait for a JetStream ack or a core flush",
 }
 
 # falcosidekick's names for the same settings (environment, and YAML after flattening
@@ -171,6 +228,7 @@ def _convert(key: str, raw: Any) -> Any:
         "str": _convert_str,
         "int": _convert_int,
         "float": _convert_float,
+        "bool": _convert_bool,
     }[str(kind)]
     return converter(key, raw)
 
@@ -304,6 +362,36 @@ def _check_grpc_address(settings: Settings) -> None:
         path = Path(getattr(settings, key))
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(key, f"cannot read {path}")
+
+
+def _check_stream(settings: Settings) -> None:
+    from gateway.event import FalcoEvent
+    from gateway.subject import subject_matches
+
+    if not settings.stream_name or any(c in settings.stream_name for c in " .*>"):
+        raise ConfigError("stream_name", f"{settings.stream_name!r} is not a valid stream name")
+    if not settings.stream_subject_list:
+        raise ConfigError("stream_subjects", "no subject given")
+    if settings.stream_storage not in {"file", "memory"}:
+        raise ConfigError("stream_storage", f"{settings.stream_storage!r} is not file or memory")
+    if not 1 <= settings.stream_replicas <= 5:
+        raise ConfigError("stream_replicas", f"{settings.stream_replicas} is not within 1..5")
+    if settings.stream_max_age < 0:
+        raise ConfigError("stream_max_age", "must not be negative")
+    if settings.stream_create:
+        # Every subject the template can produce must land in the stream, or
+        # JetStream has no one to ack it and alerts would wait forever.
+        template = SubjectTemplate(settings.subject_template)
+        for priority in Priority:
+            sample = template.render(
+                FalcoEvent(0, priority, "rule", source="syscall", hostname="host")
+            )
+            if not any(subject_matches(f, sample) for f in settings.stream_subject_list):
+                raise ConfigError(
+                    "stream_subjects",
+                    f"{settings.stream_subjects!r} does not capture {sample!r}, "
+                    f"a subject of subject_template {settings.subject_template!r}",
+                )
 
 
 def _redact(url: str) -> str:

@@ -31,13 +31,9 @@ class AlertError(GatewayError):
         self.status = status
 
 
-class SinkUnavailable(GatewayError):
-    """The sink cannot accept an alert; the message says why.
+class SpoolFull(GatewayError):
+    """The spool holds `spool_max_bytes` already; the message says how much."""
 
-    `retryable` is False when trying again cannot help (the alert is larger than
-    the server's max_payload), True when it may (not connected, buffer full).
-    """
 
-    def __init__(self, reason: str, retryable: bool = True) -> None:
-        super().__init__(reason)
-        self.retryable = retryable
+class StreamError(GatewayError):
+    """The JetStream stream is missing (and creation is off) or cannot be used."""

@@ -1,18 +1,24 @@
-"""Between the sources and the sink: filter, name, render, publish, count.
+"""Between the sources and NATS: filter, dedup, name, render, spool.
 
-Sources never know the sink; they hand each event to `Pipeline.submit` with
-the path it came by.
+Sources never know the sink: they hand each event to `Pipeline.accept` with
+the path it came by, and answer Falco from its result. Accepted alerts are in
+the spool; the publisher takes them to NATS from there.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
+from gateway.dedup import DedupWindow
+from gateway.errors import SpoolFull
 from gateway.event import FalcoEvent, Priority
+from gateway.logs import StateLog
 from gateway.payload import falcosidekick_json
+from gateway.spool import Spool
+from gateway.stats import Stats
 from gateway.subject import SubjectTemplate
 
 LOG = logging.getLogger("gateway.pipeline")
@@ -25,24 +31,10 @@ PATH_HEADER = "Falco-Gateway-Path"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-class Sink(Protocol):
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
-class Published:
+class Accepted:
     subject: str
     alert_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message ready for the sink."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-    path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,69 +42,68 @@ class Filtered:
     reason: str
 
 
-@dataclass
-class Stats:
-    """Running counts by path; read by the shutdown summary and by tests."""
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    alert_id: str
 
-    received: Counter[str] = field(default_factory=Counter)
-    published: Counter[str] = field(default_factory=Counter)
-    filtered: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    failed: Counter[str] = field(default_factory=Counter)
 
-    def summary(self) -> dict[str, int]:
-        return {
-            f"{kind}_{path}": count
-            for kind in ("received", "published", "filtered", "rejected", "failed")
-            for path, count in sorted(getattr(self, kind).items())
-        }
+Outcome = Accepted | Filtered | Duplicate
 
 
 class Pipeline:
-    def __init__(self, sink: Sink, subjects: SubjectTemplate, minimum_priority: Priority) -> None:
-        self.sink = sink
+    def __init__(
+        self,
+        subjects: SubjectTemplate,
+        minimum_priority: Priority,
+        spool: Spool,
+        *,
+        dedup: DedupWindow | None = None,
+        on_spooled: Callable[[], None] = lambda: None,
+        stats: Stats | None = None,
+    ) -> None:
         self.subjects = subjects
         self.minimum_priority = minimum_priority
-        self.stats = Stats()
+        self.spool = spool
+        self.dedup = dedup or DedupWindow(window=0)
+        self.on_spooled = on_spooled
+        self.stats = stats or Stats()
+        self.intake = StateLog("intake", LOG)
+        for alert_id in spool.alert_ids():
+            self.dedup.remember(alert_id)
 
-    async def submit(self, event: FalcoEvent, path: Path) -> Published | Filtered:
-        """Publish `event` unless the priority filter drops it.
+    def accept(self, event: FalcoEvent, path: Path) -> Outcome:
+        """Spool `event` for NATS, unless filtered or a duplicate.
 
-        Raises SinkUnavailable when NATS cannot take it; the caller decides what
-        the source answers.
+        Raises SpoolFull when the spool cannot take it; the source answers 503
+        (HTTP) or holds its stream (gRPC), and nothing is dropped.
         """
-        outgoing = self.prepare(event, path)
-        if outgoing is None:
+        stats = self.stats
+        stats.add("received", path)
+        if not event.priority.at_least(self.minimum_priority):
+            stats.add("filtered", path)
             return Filtered(
                 f"priority {event.priority.canonical} is below the minimum "
                 f"{self.minimum_priority.canonical}"
             )
-        return await self.publish(outgoing)
-
-    def prepare(self, event: FalcoEvent, path: Path) -> Outgoing | None:
-        """Count the event and render its message; None when the filter drops it."""
-        self.stats.received[path] += 1
-        if not event.priority.at_least(self.minimum_priority):
-            self.stats.filtered[path] += 1
-            return None
         alert_id = event.alert_id
-        return Outgoing(
-            subject=self.subjects.render(event),
-            payload=falcosidekick_json(event, alert_id),
-            headers={MSG_ID_HEADER: alert_id, PATH_HEADER: path},
-            path=path,
-        )
-
-    async def publish(self, outgoing: Outgoing) -> Published:
-        """Hand one rendered message to the sink; safe to call again after SinkUnavailable."""
+        if self.dedup.is_duplicate(alert_id):
+            stats.add("duplicate", path)
+            return Duplicate(alert_id)
+        subject = self.subjects.render(event)
+        headers = {MSG_ID_HEADER: alert_id, PATH_HEADER: path}
         try:
-            await self.sink.publish(outgoing.subject, outgoing.payload, outgoing.headers)
-        except Exception:
-            self.stats.failed[outgoing.path] += 1
+            self.spool.append(path, subject, headers, falcosidekick_json(event, alert_id))
+        except SpoolFull as exc:
+            # Not accepted, so not seen: the sender's retry must not count as a duplicate.
+            self.dedup.forget(alert_id)
+            stats.add("refused", path)
+            self.intake.change("refusing", logging.WARNING, reason=str(exc))
             raise
-        self.stats.published[outgoing.path] += 1
-        return Published(outgoing.subject, outgoing.headers[MSG_ID_HEADER])
+        self.intake.change("accepting")
+        stats.add("accepted", path)
+        self.on_spooled()
+        return Accepted(subject, alert_id)
 
     def rejected(self, path: Path) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""
-        self.stats.rejected[path] += 1
+        self.stats.add("rejected", path)

@@ -74,3 +74,14 @@ class SubjectTemplate:
 
     def __repr__(self) -> str:
         return f"SubjectTemplate({self.template!r})"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` matches one token, a final `>` one or more."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, part in enumerate(want):
+        if part == ">":
+            return len(have) > index
+        if index >= len(have) or (part != "*" and part != have[index]):
+            return False
+    return len(want) == len(have)

@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 
 from gateway.backoff import Backoff
-from gateway.errors import AlertError, ConfigError, SinkUnavailable
+from gateway.errors import AlertError, ConfigError, SpoolFull
 from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from gateway.logs import OncePer, StateLog, log
 from gateway.normalize import from_grpc
@@ -79,6 +79,9 @@ class FalcoGrpcSource:
         self.state = StateLog("falco-grpc", LOG)
         self.falco_version = ""
         self._rejections = OncePer()
+        # Cleared while the spool is full: no requests, so Falco keeps its queue.
+        self._requesting = asyncio.Event()
+        self._requesting.set()
 
     def _channel(self) -> grpc.aio.Channel:
         if self.tls is None:
@@ -147,7 +150,8 @@ class FalcoGrpcSource:
     async def _requests(self, stop: asyncio.Event) -> AsyncIterator[outputs_pb2.request]:
         request = outputs_pb2.request()
         while not stop.is_set():
-            yield request
+            if self._requesting.is_set():
+                yield request
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
 
@@ -163,18 +167,14 @@ class FalcoGrpcSource:
             if self._rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, path="grpc", reason=exc.reason)
             return
-        outgoing = self.pipeline.prepare(event, "grpc")
-        if outgoing is None:
-            return
-        retry = Backoff(initial=0.05, maximum=2.0)
+        retry = Backoff(initial=0.05, maximum=1.0)
         while True:
             try:
-                await self.pipeline.publish(outgoing)
-                return
-            except SinkUnavailable as exc:
-                if not exc.retryable:
-                    log(logging.ERROR, "alert not publishable", LOG, path="grpc", reason=str(exc))
-                    return
-                # Hold the stream rather than drop the alert: while this waits,
-                # no more responses are read and Falco's queue keeps the rest.
+                self.pipeline.accept(event, "grpc")
+                break
+            except SpoolFull:
+                # Falco already handed this alert over, so keep it and retry; stop
+                # asking Falco for more meanwhile, so the rest waits in Falco's queue.
+                self._requesting.clear()
                 await asyncio.sleep(retry.next_delay())
+        self._requesting.set()

@@ -2,8 +2,12 @@
 
 Routes (falcosidekick's): `POST /` one alert; `GET /ping` -> pong;
 `GET /healthz` -> 200 when NATS is connected, 503 with the reason otherwise;
-`POST /test` publishes a test alert. Falco waits for every response on its one
-output thread, so the handler does nothing that can wait on NATS round trips.
+`POST /test` publishes a test alert. And the gateway's own `GET /readyz`:
+200 while alerts can be accepted (NATS up or not), 503 when the spool is full.
+
+An alert is answered 200 once it is in the spool, not when NATS has it: Falco
+waits for every response on its one output thread, so the handler never waits
+on NATS.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from hypercorn.asyncio import serve
@@ -19,10 +22,11 @@ from hypercorn.config import Config as HypercornConfig
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway.errors import AlertError, SinkUnavailable
+from gateway.errors import AlertError, SpoolFull
+from gateway.event import FalcoEvent
 from gateway.logs import OncePer, log
 from gateway.normalize import from_http_body, self_test_event
-from gateway.pipeline import Filtered, Pipeline, Published
+from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
 
 LOG = logging.getLogger("gateway.http")
 
@@ -57,11 +61,11 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
             if rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason)
             return _error(exc.status, exc.reason)
-        return await _submit(pipeline, event, "http")
+        return _submit(pipeline, event, "http")
 
     @app.post("/test")
     async def test() -> Response:
-        return await _submit(pipeline, self_test_event(), "test")
+        return _submit(pipeline, self_test_event(), "test")
 
     @app.get("/ping")
     async def ping() -> Response:
@@ -74,6 +78,15 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
             return _json(200, b'{"status": "ok"}')
         return _json(503, orjson.dumps({"status": "unavailable", "reason": reason}))
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # Ready means "can accept alerts", which holds through a NATS outage while
+        # the spool has room: a readiness probe on /healthz would take the gateway
+        # out of its Service exactly when Falco most needs it to accept and spool.
+        if not pipeline.spool.has_room():
+            return _json(503, b'{"status": "refusing", "reason": "spool full"}')
+        return _json(200, b'{"status": "accepting"}')
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if isinstance(exc, RequestEntityTooLarge):
@@ -84,14 +97,15 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
     return app
 
 
-async def _submit(pipeline: Pipeline, event: Any, path: Any) -> Response:
+def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Response:
     try:
-        outcome = await pipeline.submit(event, path)
-    except SinkUnavailable as exc:
+        outcome = pipeline.accept(event, path)
+    except SpoolFull as exc:
         return _error(503, str(exc))
-    if isinstance(outcome, Published):
-        return _json(200, orjson.dumps({"status": "published", "subject": outcome.subject}))
-    assert isinstance(outcome, Filtered)
+    if isinstance(outcome, Accepted):
+        return _json(200, orjson.dumps({"status": "accepted", "subject": outcome.subject}))
+    if isinstance(outcome, Duplicate):
+        return _json(200, b'{"status": "duplicate"}')
     return _json(200, orjson.dumps({"status": "filtered", "reason": outcome.reason}))
 
 
