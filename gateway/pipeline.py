@@ -64,9 +64,10 @@ class Pipeline:
         self.subjects = subjects
         self.minimum_priority = minimum_priority
         self.spool = spool
-        self.dedup = dedup or DedupWindow(window=0)
+        # `is None`, not `or`: an empty DedupWindow is falsy (it has a length).
+        self.dedup = dedup if dedup is not None else DedupWindow(window=0)
         self.on_spooled = on_spooled
-        self.stats = stats or Stats()
+        self.stats = stats if stats is not None else Stats()
         self.intake = StateLog("intake", LOG)
         for alert_id in spool.alert_ids():
             self.dedup.remember(alert_id)

@@ -51,44 +51,29 @@ class Publisher:
         deadline: float | None = None
         cursor = 0
         retry = Backoff(initial=0.05, maximum=2.0)
+        # A missing JetStream stream is a start-up error, not something the first
+        # alert should discover: check as soon as NATS is there.
+        if self.sink.stream is not None:
+            await _first_of(self.sink.wait_connected(), stop.wait())
+            await self.sink.ensure_stream()
         while True:
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + drain_timeout
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            batch = self.spool.read(cursor, self.batch_size)
-            batch = self._drop_expired(batch)
+            batch = self._drop_expired(self.spool.read(cursor, self.batch_size))
             if not batch:
                 if deadline is not None:
                     break
-                self._wake.clear()
-                if self.spool.read(cursor, 1):
-                    continue
-                await _first_of(self._wake.wait(), stop.wait())
-                continue
-            if not self.sink.connected:
+                await self._idle(cursor, stop)
+            elif not self.sink.connected:
                 self.state.change("waiting", logging.WARNING, spooled=self.spool.count)
                 await _first_of(
                     self.sink.wait_connected(remaining), *(() if deadline else (stop.wait(),))
                 )
-                continue
-            await self.sink.ensure_stream()
-            outcome = await self.sink.deliver(batch)
-            self.spool.delete(outcome.delivered)
-            for alert in outcome.delivered:
-                self.stats.add("published", alert.path)
-            if outcome.rejected:
-                self._reject(outcome.rejected)
-            settled = {a.seq for a in outcome.delivered} | {a.seq for a, _ in outcome.rejected}
-            unsettled = [a for a in batch if a.seq not in settled]
-            if unsettled:
-                cursor = unsettled[0].seq - 1
-                await asyncio.sleep(retry.next_delay())
-                continue
-            retry.reset()
-            cursor = batch[-1].seq
-            self.state.change("flowing", spooled=self.spool.count)
+            else:
+                cursor = await self._deliver(batch, retry)
         if self.spool.count:
             where = (
                 "kept in the spool"
@@ -96,6 +81,33 @@ class Publisher:
                 else "LOST: no spool_dir, the buffer is in memory"
             )
             log(logging.WARNING, f"undelivered alerts {where}", LOG, alerts=self.spool.count)
+
+    async def _idle(self, cursor: int, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        if not self.spool.read(cursor, 1):  # nothing slipped in before the clear
+            await _first_of(self._wake.wait(), stop.wait())
+
+    async def _deliver(self, batch: list[SpooledAlert], retry: Backoff) -> int:
+        """Hand `batch` to NATS; the cursor to read on from."""
+        if not await self.sink.ensure_stream():
+            await asyncio.sleep(retry.next_delay())
+            return batch[0].seq - 1
+        outcome = await self.sink.deliver(batch)
+        self.spool.delete(outcome.delivered)
+        for alert in outcome.delivered:
+            self.stats.add("published", alert.path)
+        if outcome.rejected:
+            self._reject(outcome.rejected)
+        settled = {a.seq for a in outcome.delivered} | {a.seq for a, _ in outcome.rejected}
+        unsettled = [a for a in batch if a.seq not in settled]
+        if unsettled:
+            # Rewind to the first alert NATS did not confirm: order is kept, and
+            # JetStream drops any re-sent copy by its Nats-Msg-Id.
+            await asyncio.sleep(retry.next_delay())
+            return unsettled[0].seq - 1
+        retry.reset()
+        self.state.change("flowing", spooled=self.spool.count)
+        return batch[-1].seq
 
     def _drop_expired(self, batch: list[SpooledAlert]) -> list[SpooledAlert]:
         if not self.max_age_ns or not batch:

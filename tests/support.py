@@ -10,17 +10,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
 
 
@@ -48,21 +50,38 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 class NatsServer:
-    """A real nats-server on a free loopback port; `stop` and `start` keep the port."""
+    """A real nats-server on a free loopback port; `stop` and `start` keep the port
+    (and, with JetStream, the store), as a restarted server would."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, jetstream: bool = False, name: str = "n1") -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.jetstream = jetstream
+        self.name = name
+        self.cluster_port = 0
+        self.routes: list[int] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def _config(self) -> Path:
+        lines = [f"server_name: {self.name}", f"listen: 127.0.0.1:{self.port}"]
+        if self.jetstream:
+            lines.append(f'jetstream {{ store_dir: "{self.workdir / ("js-" + self.name)}" }}')
+        if self.cluster_port:
+            routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.routes)
+            listen = f"127.0.0.1:{self.cluster_port}"
+            lines.append(f"cluster {{ name: falco-test, listen: {listen}, routes: [{routes}] }}")
+        path = self.workdir / f"{self.name}.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def start(self) -> NatsServer:
-        log = (self.workdir / f"nats-{self.port}.log").open("ab")
+        log = (self.workdir / f"nats-{self.name}.log").open("ab")
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            [nats_server_binary(), "-c", str(self._config())],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -70,10 +89,89 @@ class NatsServer:
         return self
 
     def stop(self) -> None:
+        """Kill the server, as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+class NatsCluster:
+    """Three JetStream nodes on loopback, routed to each other."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.nodes = [NatsServer(workdir, jetstream=True, name=f"n{i + 1}") for i in range(size)]
+        for node in self.nodes:
+            node.cluster_port = free_port()
+        for node in self.nodes:
+            node.routes = [n.cluster_port for n in self.nodes if n is not node]
+
+    @property
+    def urls(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
+    """Until JetStream answers (a cluster needs a meta leader first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+            try:
+                await nc.jetstream(timeout=1).account_info()
+                return
+            finally:
+                await nc.close()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def stream_ids(url: str, stream: str, expected: int, timeout: float = 30.0) -> list[str]:
+    """Every Nats-Msg-Id stored in `stream`, read with an ephemeral pull consumer.
+
+    Retried whole until `timeout`: right after a cluster node dies, the stream
+    may be electing a new leader and not answer yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await _read_stream_ids(url, stream, expected, deadline)
+        except (nats.errors.Error, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _read_stream_ids(url: str, stream: str, expected: int, deadline: float) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=5)
+        total = (await js.stream_info(stream)).state.messages
+        sub = await js.pull_subscribe("falco.>", stream=stream)
+        ids: list[str] = []
+        while len(ids) < max(total, expected) and time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(500, timeout=2)
+            except TimeoutError:
+                if len(ids) >= total:
+                    break
+                continue
+            for msg in msgs:
+                ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+                await msg.ack()
+        return ids
+    finally:
+        await nc.close()
 
 
 async def subscribe(url: str, subject: str = "falco.>") -> tuple[Client, asyncio.Queue[Msg]]:
@@ -185,3 +283,7 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# The `start_falco` fixture (conftest.py): starts a Falco stand-in, stopped after the test.
+StartFalco = Callable[..., Awaitable[FalcoServer]]

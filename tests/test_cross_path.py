@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from gateway.pipeline import MSG_ID_HEADER, PATH_HEADER
 from gateway.simulator.alerts import CATALOG, render
-from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.wire import to_falco_json, to_grpc_response
-from tests.support import NatsServer, running_gateway, subscribe, take
+from tests.support import NatsServer, StartFalco, running_gateway, subscribe, take
 
 
 async def test_every_catalog_alert_is_identical_over_grpc_and_http(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     events = [render(t, 1_700_000_000_000_000_000 + i, "node-1") for i, t in enumerate(CATALOG)]
     nc, inbox = await subscribe(nats_server.url)
-    async with running_gateway(nats_server.url, falco_grpc=socket_path) as gw, gw.client() as http:
+    # Deduplication off, so that both copies are published and can be compared.
+    async with (
+        running_gateway(nats_server.url, falco_grpc=socket_path, dedup_window=0) as gw,
+        gw.client() as http,
+    ):
         for event in events:
             falco.emit(to_grpc_response(event))
             grpc_msg = (await take(inbox, 1))[0]

@@ -13,18 +13,20 @@ import trustme
 
 from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from gateway.simulator.alerts import stream
-from gateway.simulator.falco_server import FalcoServer, ServerTls
+from gateway.simulator.falco_server import ServerTls
 from gateway.simulator.wire import to_grpc_response
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
-from tests.support import NatsServer, free_port, running_gateway, subscribe, take
+from tests.support import NatsServer, StartFalco, free_port, running_gateway, subscribe, take
 
 
 def responses(count: int) -> list[outputs_pb2.response]:
     return [to_grpc_response(e) for e in stream("node-1", count)]
 
 
-async def test_sub_writes_only_after_each_request(socket_path: str) -> None:
-    falco = await FalcoServer(socket_path).start()
+async def test_sub_writes_only_after_each_request(
+    socket_path: str, start_falco: StartFalco
+) -> None:
+    falco = await start_falco(socket_path)
     for r in responses(3):
         falco.emit(r)
     one_request: asyncio.Queue[outputs_pb2.request | None] = asyncio.Queue()
@@ -57,8 +59,8 @@ async def test_sub_writes_only_after_each_request(socket_path: str) -> None:
     await falco.stop()
 
 
-async def test_get_drains_and_ends(socket_path: str) -> None:
-    falco = await FalcoServer(socket_path).start()
+async def test_get_drains_and_ends(socket_path: str, start_falco: StartFalco) -> None:
+    falco = await start_falco(socket_path)
     for r in responses(5):
         falco.emit(r)
     async with grpc.aio.insecure_channel(socket_path) as channel:
@@ -69,8 +71,8 @@ async def test_get_drains_and_ends(socket_path: str) -> None:
     assert again == []
 
 
-async def test_clients_compete_for_one_queue(socket_path: str) -> None:
-    falco = await FalcoServer(socket_path).start()
+async def test_clients_compete_for_one_queue(socket_path: str, start_falco: StartFalco) -> None:
+    falco = await start_falco(socket_path)
     sent = responses(40)
     for r in sent:
         falco.emit(r)
@@ -90,8 +92,8 @@ async def _drain(call: grpc.aio.UnaryStreamCall) -> list[outputs_pb2.response]: 
     return [r async for r in call]
 
 
-async def test_version(socket_path: str) -> None:
-    falco = await FalcoServer(socket_path).start()
+async def test_version(socket_path: str, start_falco: StartFalco) -> None:
+    falco = await start_falco(socket_path)
     async with grpc.aio.insecure_channel(socket_path) as channel:
         version = await version_pb2_grpc.serviceStub(channel).version(version_pb2.request())
     await falco.stop()
@@ -127,10 +129,10 @@ def server_tls(files: dict[str, str]) -> ServerTls:
 
 
 async def test_gateway_streams_over_tcp_with_mutual_tls(
-    nats_server: NatsServer, tls_files: dict[str, str]
+    nats_server: NatsServer, tls_files: dict[str, str], start_falco: StartFalco
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    falco = await FalcoServer(address, tls=server_tls(tls_files)).start()
+    falco = await start_falco(address, tls=server_tls(tls_files))
     event = next(stream("node-1", 1))
     falco.emit(to_grpc_response(event))
     nc, inbox = await subscribe(nats_server.url)
@@ -148,9 +150,11 @@ async def test_gateway_streams_over_tcp_with_mutual_tls(
     assert msg.subject == "falco.notice.terminal_shell_in_container"
 
 
-async def test_falco_refuses_a_client_without_a_certificate(tls_files: dict[str, str]) -> None:
+async def test_falco_refuses_a_client_without_a_certificate(
+    tls_files: dict[str, str], start_falco: StartFalco
+) -> None:
     address = f"127.0.0.1:{free_port()}"
-    falco = await FalcoServer(address, tls=server_tls(tls_files)).start()
+    falco = await start_falco(address, tls=server_tls(tls_files))
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_files["ca"]).read_bytes())
     options = [("grpc.ssl_target_name_override", "falco.falco.svc")]
     async with grpc.aio.secure_channel(address, credentials, options=options) as channel:

@@ -9,15 +9,25 @@ import orjson
 from gateway.falco_pb import outputs_pb2, schema_pb2
 from gateway.pipeline import MSG_ID_HEADER, PATH_HEADER
 from gateway.simulator.alerts import CATALOG, render, stream
-from gateway.simulator.falco_server import AlertQueue, FalcoServer
+from gateway.simulator.falco_server import AlertQueue
 from gateway.simulator.wire import to_grpc_response
-from tests.support import NatsServer, nothing_more, running_gateway, subscribe, take, until
+from tests.support import (
+    NatsServer,
+    StartFalco,
+    nothing_more,
+    running_gateway,
+    subscribe,
+    take,
+    until,
+)
 
 SEED = render(CATALOG[0], 1_612_815_555_325_119_960, "minikube")
 
 
-async def test_seed_alert_over_grpc(nats_server: NatsServer, socket_path: str) -> None:
-    falco = await FalcoServer(socket_path).start()
+async def test_seed_alert_over_grpc(
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
+) -> None:
+    falco = await start_falco(socket_path)
     nc, inbox = await subscribe(nats_server.url)
     async with running_gateway(nats_server.url, falco_grpc=socket_path) as gw:
         await until(
@@ -44,9 +54,9 @@ async def test_seed_alert_over_grpc(nats_server: NatsServer, socket_path: str) -
 
 
 async def test_alerts_queued_before_the_gateway_came_are_delivered(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     events = list(stream("node-1", 50))
     for event in events:
         falco.emit(to_grpc_response(event))
@@ -60,11 +70,11 @@ async def test_alerts_queued_before_the_gateway_came_are_delivered(
 
 
 async def test_alert_after_an_idle_gap_is_still_delivered_promptly(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     """Falco stops writing when its queue runs dry until the client asks again:
     the client must keep asking, and an alert after an idle spell must flow."""
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     nc, inbox = await subscribe(nats_server.url)
     async with running_gateway(nats_server.url, falco_grpc=socket_path, grpc_poll_interval=0.05):
         falco.emit(to_grpc_response(SEED))
@@ -81,9 +91,9 @@ async def test_alert_after_an_idle_gap_is_still_delivered_promptly(
 
 
 async def test_falco_restart_is_survived_without_restarting_the_gateway(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     nc, inbox = await subscribe(nats_server.url)
     async with running_gateway(nats_server.url, falco_grpc=socket_path) as gw:
         source = gw.gateway.grpc
@@ -93,7 +103,7 @@ async def test_falco_restart_is_survived_without_restarting_the_gateway(
         await falco.stop()  # Falco dies: streams break
         await until(lambda: source.state.state == "unavailable", "the source to notice", 10)
         await asyncio.sleep(1)  # a few failed reconnects
-        falco = await FalcoServer(socket_path).start()  # a new Falco, a new queue
+        falco = await start_falco(socket_path)  # a new Falco, a new queue
         await until(lambda: source.state.state == "connected", "reconnect", 15)
         after = render(CATALOG[2], SEED.time_ns + 1, "minikube")
         falco.emit(to_grpc_response(after))
@@ -105,7 +115,7 @@ async def test_falco_restart_is_survived_without_restarting_the_gateway(
 
 
 async def test_falco_absent_at_start_then_appears(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     nc, inbox = await subscribe(nats_server.url)
     async with running_gateway(nats_server.url, falco_grpc=socket_path) as gw:
@@ -113,7 +123,7 @@ async def test_falco_absent_at_start_then_appears(
         assert source is not None
         await until(lambda: source.state.state == "unavailable", "the first failed attempt")
         await asyncio.sleep(1.5)
-        falco = await FalcoServer(socket_path).start()
+        falco = await start_falco(socket_path)
         falco.emit(to_grpc_response(SEED))
         (msg,) = await take(inbox, 1, timeout=15)
     await nc.close()
@@ -139,9 +149,9 @@ async def test_state_changes_are_logged_once_not_per_retry(
 
 
 async def test_malformed_grpc_alert_is_counted_and_the_stream_goes_on(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     nc, inbox = await subscribe(nats_server.url)
     bad = outputs_pb2.response(rule="No time", priority=schema_pb2.NOTICE)
     unknown_priority = to_grpc_response(SEED)
@@ -158,11 +168,11 @@ async def test_malformed_grpc_alert_is_counted_and_the_stream_goes_on(
 
 
 async def test_alerts_wait_in_falco_while_nats_is_down(
-    nats_server: NatsServer, socket_path: str
+    nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     """With NATS gone and nats-py's buffer unusable, the gRPC source holds the
     stream instead of dropping: alerts are published once NATS returns."""
-    falco = await FalcoServer(socket_path).start()
+    falco = await start_falco(socket_path)
     url = nats_server.url
     nats_server.stop()
     async with running_gateway(url, wait_nats=False, falco_grpc=socket_path):

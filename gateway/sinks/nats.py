@@ -142,12 +142,33 @@ class NatsSink:
         self.state.change("connected", server=_server(nc))
         self._connected.set()
 
-    async def ensure_stream(self) -> None:
-        """Check, create or update the JetStream stream once connected; StreamError if unusable."""
+    async def ensure_stream(self) -> bool:
+        """Check, create or update the JetStream stream once connected.
+
+        True when alerts can be published; False on a passing problem (not
+        connected, a timeout), to be tried again; StreamError when the stream
+        is missing and may not be created, or JetStream is off.
+        """
+        if self.stream is None or self._stream_ready:
+            return True
         js = self._js
-        if self.stream is None or self._stream_ready or js is None:
-            return
-        wanted = self.stream
+        if js is None or not self.connected:
+            return False
+        try:
+            await self._check_stream(js, self.stream)
+        except nats.js.errors.ServiceUnavailableError:
+            raise StreamError(
+                "JetStream is not enabled on the NATS server (start it with -js)"
+            ) from None
+        except (NatsError, TimeoutError) as exc:
+            if isinstance(exc, StreamError):
+                raise
+            log(logging.WARNING, "stream check failed, will retry", LOG, error=type(exc).__name__)
+            return False
+        self._stream_ready = True
+        return True
+
+    async def _check_stream(self, js: JetStreamContext, wanted: StreamSettings) -> None:
         try:
             info = await js.stream_info(wanted.name)
         except nats.js.errors.NotFoundError:
@@ -164,25 +185,19 @@ class NatsSink:
                 stream=wanted.name,
                 subjects=",".join(wanted.subjects),
             )
-        except nats.js.errors.ServiceUnavailableError:
-            raise StreamError(
-                "JetStream is not enabled on the NATS server (start it with -js)"
-            ) from None
-        else:
-            if wanted.create:
-                await js.update_stream(_stream_config(wanted))
-            elif (
-                info.config.duplicate_window
-                and info.config.duplicate_window < wanted.duplicate_window
-            ):
-                log(
-                    logging.WARNING,
-                    "stream duplicate window shorter than dedup_window",
-                    LOG,
-                    stream=wanted.name,
-                    duplicate_window=info.config.duplicate_window,
-                )
-        self._stream_ready = True
+            return
+        if wanted.create:
+            await js.update_stream(_stream_config(wanted))
+        elif (
+            info.config.duplicate_window and info.config.duplicate_window < wanted.duplicate_window
+        ):
+            log(
+                logging.WARNING,
+                "stream duplicate window is shorter than dedup_window",
+                LOG,
+                stream=wanted.name,
+                duplicate_window=info.config.duplicate_window,
+            )
 
     async def deliver(self, batch: Sequence[SpooledAlert]) -> Delivery:
         """Hand `batch` to NATS. Alerts in neither list of the result stay to be retried."""

@@ -75,7 +75,7 @@ class FalcoGrpcSource:
         self.pipeline = pipeline
         self.poll_interval = poll_interval
         self.tls = tls
-        self.backoff = backoff or Backoff(initial=0.1, maximum=5.0)
+        self.backoff = backoff if backoff is not None else Backoff(initial=0.1, maximum=5.0)
         self.state = StateLog("falco-grpc", LOG)
         self.falco_version = ""
         self._rejections = OncePer()

@@ -154,3 +154,42 @@ def test_kubernetes_service_links_are_not_mistaken_for_settings() -> None:
 def test_redact_hides_credentials_in_urls() -> None:
     assert redact("nats://user:s3cret@a:4222,nats://b:4222") == "nats://***@a:4222,nats://b:4222"
     assert "tok3n" not in redact("nats://tok3n@a:4222")
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "problem"),
+    [
+        ({"jetstream": "maybe"}, "jetstream", "true or false"),
+        ({"jetstream": "true", "stream_name": "falco.alerts"}, "stream_name", "not a valid"),
+        ({"jetstream": "true", "stream_storage": "tape"}, "stream_storage", "file or memory"),
+        ({"jetstream": "true", "stream_replicas": "7"}, "stream_replicas", "1..5"),
+        (
+            {"jetstream": "true", "stream_create": "true", "stream_subjects": "alerts.>"},
+            "stream_subjects",
+            "does not capture 'falco.emergency.rule'",
+        ),
+        ({"spool_sync": "sometimes"}, "spool_sync", "normal or full"),
+        ({"spool_max_bytes": "1000"}, "spool_max_bytes", "below 65536"),
+        ({"dedup_window": "-1"}, "dedup_window", "negative"),
+        ({"publish_batch": "0"}, "publish_batch", "1..10000"),
+    ],
+)
+def test_bad_delivery_settings_name_the_key(flags: dict[str, str], key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(flags, environ={})
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+
+
+def test_jetstream_settings_from_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "jetstream: true\nstream_create: yes\nstream_replicas: 3\n"
+        "stream_subjects: falco.>, audit.>\nspool_dir: /var/spool/fng\n"
+    )
+    settings = load(config_file=str(config), environ={})
+    assert settings.jetstream is True
+    assert settings.stream_create is True
+    assert settings.stream_replicas == 3
+    assert settings.stream_subject_list == ("falco.>", "audit.>")
+    assert settings.spool_dir == "/var/spool/fng"
