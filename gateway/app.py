@@ -113,6 +113,7 @@ class Gateway:
         stopper.cancel()
         results = await asyncio.gather(*intake, return_exceptions=True)
         self._drain.set()
+        self.publisher.notify()
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
         await self.sink.close(timeout=s.shutdown_timeout)
         self.spool.close()

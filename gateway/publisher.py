@@ -42,12 +42,13 @@ class Publisher:
         self._reasons = OncePer()
 
     def notify(self) -> None:
-        """Something was spooled."""
+        """Something was spooled, or it is time to stop: look again."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, drain_timeout: float) -> None:
         """Deliver until `stop`; then keep delivering what is spooled for up to
-        `drain_timeout` seconds, and leave the rest in the spool."""
+        `drain_timeout` seconds, and leave the rest in the spool. Whoever sets
+        `stop` calls notify() too."""
         deadline: float | None = None
         cursor = 0
         retry = Backoff(initial=0.05, maximum=2.0)
@@ -66,7 +67,7 @@ class Publisher:
             if not batch:
                 if deadline is not None:
                     break
-                await self._idle(cursor, stop)
+                await self._idle(cursor)
             elif not self.sink.connected:
                 self.state.change("waiting", logging.WARNING, spooled=self.spool.count)
                 await _first_of(
@@ -82,10 +83,12 @@ class Publisher:
             )
             log(logging.WARNING, f"undelivered alerts {where}", LOG, alerts=self.spool.count)
 
-    async def _idle(self, cursor: int, stop: asyncio.Event) -> None:
+    async def _idle(self, cursor: int) -> None:
+        # One event, set by notify() for new alerts and for stopping: no extra
+        # tasks per idle spell, which at low rates is once per alert.
         self._wake.clear()
         if not self.spool.read(cursor, 1):  # nothing slipped in before the clear
-            await _first_of(self._wake.wait(), stop.wait())
+            await self._wake.wait()
 
     async def _deliver(self, batch: list[SpooledAlert], retry: Backoff) -> int:
         """Hand `batch` to NATS; the cursor to read on from."""
