@@ -6,18 +6,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 
+from prometheus_client.core import Metric
+
+from gateway import __version__
 from gateway.config import Settings, redact
 from gateway.dedup import DedupWindow
 from gateway.logs import log
+from gateway.nats_options import connect_options
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.sinks.nats import NatsSink, StreamSettings
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import create_app, serve_http
 from gateway.spool import Spool
-from gateway.stats import Stats
 from gateway.subject import SubjectTemplate
+from gateway.telemetry import Telemetry, counter, gauge
 
 LOG = logging.getLogger("gateway")
 
@@ -38,19 +43,24 @@ class Gateway:
                 max_age=s.stream_max_age,
                 duplicate_window=max(s.dedup_window, 1.0),
             )
-        self.stats = Stats()
-        self.sink = NatsSink(s.nats_servers, stream, publish_timeout=s.publish_timeout)
+        self.telemetry = Telemetry(rule_labels=s.metrics_rule_labels)
+        self.sink = NatsSink(connect_options(s), stream, publish_timeout=s.publish_timeout)
         self.spool = Spool(s.spool_dir, s.spool_max_bytes, s.spool_sync)
         self.publisher = Publisher(
-            self.spool, self.sink, self.stats, batch_size=s.publish_batch, max_age=s.spool_max_age
+            self.spool,
+            self.sink,
+            self.telemetry,
+            batch_size=s.publish_batch,
+            max_age=s.spool_max_age,
         )
+        self.dedup = DedupWindow(s.dedup_window, s.dedup_max_entries)
         self.pipeline = Pipeline(
             SubjectTemplate(s.subject_template),
             s.minimum,
             self.spool,
-            dedup=DedupWindow(s.dedup_window, s.dedup_max_entries),
+            dedup=self.dedup,
             on_spooled=self.publisher.notify,
-            stats=self.stats,
+            telemetry=self.telemetry,
         )
         self.grpc: FalcoGrpcSource | None = None
         if s.falco_grpc:
@@ -63,10 +73,49 @@ class Gateway:
                     server_name=s.grpc_server_name,
                 )
             self.grpc = FalcoGrpcSource(s.falco_grpc, self.pipeline, s.grpc_poll_interval, tls)
-        self.app = create_app(self.pipeline, self.health, s.max_body_bytes)
+        self.telemetry.watch(self._link_metrics)
+        self.app = create_app(
+            self.pipeline, self.health, s.max_body_bytes, self.telemetry.exposition
+        )
         # `stop` ends intake; `_drain` then tells the publisher to finish up.
         self.stop = asyncio.Event()
         self._drain = asyncio.Event()
+
+    def _link_metrics(self) -> Iterator[Metric]:
+        """Read at scrape time: depths and link states, never stale."""
+        yield gauge("falco_nats_gateway_spool_alerts", "Alerts waiting for NATS", self.spool.count)
+        yield gauge("falco_nats_gateway_spool_bytes", "Bytes waiting for NATS", self.spool.bytes)
+        yield gauge("falco_nats_gateway_spool_limit_bytes", "spool_max_bytes", self.spool.max_bytes)
+        yield gauge(
+            "falco_nats_gateway_dedup_entries", "Alert ids remembered for dedup", len(self.dedup)
+        )
+        yield gauge(
+            "falco_nats_gateway_nats_connected", "1 when connected to NATS", self.sink.connected
+        )
+        yield counter(
+            "falco_nats_gateway_nats_reconnects", "Reconnections to NATS", self.sink.reconnects
+        )
+        mode = "jetstream" if self.settings.jetstream else "core"
+        yield gauge(
+            "falco_nats_gateway_info",
+            "The gateway's version and mode",
+            1,
+            {"version": __version__, "mode": mode},
+        )
+        if self.grpc is not None:
+            connected = self.grpc.state.state == "connected"
+            yield gauge(
+                "falco_nats_gateway_grpc_connected",
+                "1 while the Falco gRPC stream is up",
+                connected,
+            )
+            reconnects = max(self.grpc.connects - 1, 0)
+            yield counter(
+                "falco_nats_gateway_grpc_reconnects", "Reconnections to Falco gRPC", reconnects
+            )
+            if self.grpc.falco_version:
+                labels = {"version": self.grpc.falco_version}
+                yield gauge("falco_nats_gateway_falco_info", "Falco's version over gRPC", 1, labels)
 
     def health(self) -> tuple[bool, str]:
         if self.sink.connected:
@@ -117,7 +166,7 @@ class Gateway:
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
         await self.sink.close(timeout=s.shutdown_timeout)
         self.spool.close()
-        log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.stats.summary())
+        log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.telemetry.summary())
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result

@@ -28,7 +28,9 @@ examples:
   falco-nats-gateway simulate --http-url http://127.0.0.1:2801/ --count 5
 
 other commands:
-  simulate    a Falco stand-in that emits alerts over gRPC and HTTP (see simulate --help)
+  tail        print alerts as they arrive on NATS (tail --help)
+  check       validate the configuration and try every link (takes the flags above)
+  simulate    a Falco stand-in that emits alerts over gRPC and HTTP (simulate --help)
 """
 
 
@@ -89,20 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:
-        from gateway.simulator.run import main as simulate_main
-
-        return simulate_main(argv[1:])
-    if argv[:1] == ["run"]:
+    command = argv[0] if argv and argv[0] in {"run", "simulate", "tail", "check"} else "run"
+    if argv[:1] == [command]:
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k != "config"}
-    try:
-        settings = config.load(flags, args.config)
-    except ConfigError as exc:
-        print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
+    if command in {"simulate", "tail"}:
+        return _SUBCOMMANDS[command](argv)
+    parser = build_parser()
+    if command == "check":
+        parser.prog = "falco-nats-gateway check"
+        parser.description = (
+            "Validate the configuration and try every link; non-zero exit on a problem."
+        )
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    if settings is None:
         return 2
-    setup_logging(settings.log_level)
+    if command == "check":
+        from gateway.commands.check import run_checks
+
+        return asyncio.run(run_checks(settings))
+    return _serve(settings)
+
+
+def _serve(settings: config.Settings) -> int:
+    """Run the gateway until SIGTERM or SIGINT; the exit code."""
+    setup_logging(settings.log_level, settings.log_format)
     from gateway.app import Gateway
 
     async def serve() -> None:
@@ -122,6 +135,48 @@ def main(argv: list[str] | None = None) -> int:
         log(logging.ERROR, "cannot start", LOG, error=str(exc))
         return 1
     return 0
+
+
+def _settings(args: argparse.Namespace) -> config.Settings | None:
+    flags = {k: v for k, v in vars(args).items() if k in config.HELP}
+    try:
+        return config.load(flags, args.config)
+    except ConfigError as exc:
+        print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _tail(argv: list[str]) -> int:
+    from gateway.commands import tail
+
+    parser = argparse.ArgumentParser(
+        prog="falco-nats-gateway tail",
+        description="Print alerts as they arrive on NATS, one readable line each.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file of settings (for the NATS options)"
+    )
+    parser.add_argument(
+        "--nats-url", dest="nats_url", metavar="URL[,URL...]", help=config.HELP["nats_url"]
+    )
+    tail.add_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    try:
+        return asyncio.run(tail.tail(settings, args))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _simulate(argv: list[str]) -> int:
+    from gateway.simulator.run import main as simulate_main
+
+    return simulate_main(argv)
+
+
+_SUBCOMMANDS = {"simulate": _simulate, "tail": _tail}
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

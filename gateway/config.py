@@ -61,6 +61,8 @@ class Settings:
     spool_sync: str = "normal"
     publish_batch: int = 256
     publish_timeout: float = 5.0
+    log_format: str = "logfmt"
+    metrics_rule_labels: bool = False
 
     @property
     def nats_servers(self) -> list[str]:
@@ -124,6 +126,8 @@ class Settings:
             raise ConfigError(
                 "spool_max_age", "must not be negative (0 keeps alerts until delivered)"
             )
+        if self.log_format not in {"logfmt", "json"}:
+            raise ConfigError("log_format", f"{self.log_format!r} is not logfmt or json")
         if self.spool_sync not in {"normal", "full"}:
             raise ConfigError("spool_sync", f"{self.spool_sync!r} is not normal or full")
         if not 1 <= self.publish_batch <= 10_000:
@@ -163,6 +167,8 @@ HELP: dict[str, str] = {
     "spool_sync": "normal (survives a killed gateway) or full (fsync each alert, power-cut safe)",
     "publish_batch": "most alerts handed to NATS at once (JetStream acks in flight)",
     "publish_timeout": "seconds to wait for a JetStream ack or a core flush",
+    "log_format": "logfmt or json, one line per event on stderr",
+    "metrics_rule_labels": "add a per-rule metric (one series per rule: watch cardinality)",
 }
 
 # falcosidekick's names for the same settings (environment, and YAML after flattening

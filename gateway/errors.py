@@ -23,12 +23,17 @@ class ConfigError(GatewayError):
 
 
 class AlertError(GatewayError):
-    """An alert that cannot be turned into an event. `status` is the HTTP answer (4xx)."""
+    """An alert that cannot be turned into an event.
 
-    def __init__(self, reason: str, status: int = 400) -> None:
+    `status` is the HTTP answer (4xx); `kind` a short fixed label of the problem
+    for metrics (the reason itself has values in it and would explode label sets).
+    """
+
+    def __init__(self, reason: str, status: int = 400, kind: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.kind = kind
 
 
 class SpoolFull(GatewayError):

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
+
+import orjson
 
 LOG = logging.getLogger("gateway")
 
 
-class _LogfmtFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """One line per event: logfmt (`key=value ...`) or JSON, the same fields either way."""
+
+    def __init__(self, fmt: str = "logfmt") -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -20,6 +30,8 @@ class _LogfmtFormatter(logging.Formatter):
         fields.update(getattr(record, "fields", {}))
         if record.exc_info:
             fields["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        if self.json:
+            return orjson.dumps(fields, default=str).decode()
         return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
 
 
@@ -30,9 +42,9 @@ def _quote(value: object) -> str:
     return text
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogfmtFormatter())
+    handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

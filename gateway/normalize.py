@@ -48,21 +48,25 @@ _TEXT_PLAIN_HINT = (
 def from_http_body(body: bytes, content_type: str = "application/json") -> FalcoEvent:
     """The event in one http_output POST body; AlertError (4xx) names what is wrong."""
     if not body.strip():
-        raise AlertError("empty body: expected one Falco alert as a JSON object")
+        raise AlertError("empty body: expected one Falco alert as a JSON object", kind="empty_body")
     if content_type.split(";", 1)[
         0
     ].strip().lower() == "text/plain" and not body.lstrip().startswith(b"{"):
-        raise AlertError(_TEXT_PLAIN_HINT, status=415)
+        raise AlertError(_TEXT_PLAIN_HINT, status=415, kind="text_plain")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            raise AlertError(f"body is not valid UTF-8 (byte {uexc.start})") from None
-        raise AlertError(f"malformed JSON: {exc}") from None
+            raise AlertError(
+                f"body is not valid UTF-8 (byte {uexc.start})", kind="not_utf8"
+            ) from None
+        raise AlertError(f"malformed JSON: {exc}", kind="malformed_json") from None
     if not isinstance(doc, dict):
-        raise AlertError(f"expected a JSON object (one Falco alert), got {_json_kind(doc)}")
+        raise AlertError(
+            f"expected a JSON object (one Falco alert), got {_json_kind(doc)}", kind="not_an_object"
+        )
     return from_json_object(doc)
 
 
@@ -73,17 +77,20 @@ def from_json_object(doc: Mapping[str, Any]) -> FalcoEvent:
     try:
         priority = Priority.parse(priority_text)
     except ValueError as exc:
-        raise AlertError(str(exc)) from None
+        raise AlertError(str(exc), kind="unknown_priority") from None
     time_text = _required_text(doc, "time")
     try:
         time_ns = parse_rfc3339_ns(time_text)
     except ValueError as exc:
-        raise AlertError(f"field 'time': {exc}") from None
+        raise AlertError(f"field 'time': {exc}", kind="bad_time") from None
     fields = doc.get("output_fields")
     if fields is None:
         fields = {}
     elif not isinstance(fields, dict):
-        raise AlertError(f"field 'output_fields' must be a JSON object, got {_json_kind(fields)}")
+        raise AlertError(
+            f"field 'output_fields' must be a JSON object, got {_json_kind(fields)}",
+            kind="wrong_type",
+        )
     return FalcoEvent(
         time_ns=time_ns,
         priority=priority,
@@ -99,14 +106,15 @@ def from_json_object(doc: Mapping[str, Any]) -> FalcoEvent:
 def from_grpc(response: outputs_pb2.response) -> FalcoEvent:
     """The event in one `falco.outputs.response`; AlertError if Falco's contract is broken."""
     if not response.HasField("time"):
-        raise AlertError("gRPC response without a time")
+        raise AlertError("gRPC response without a time", kind="missing_field")
     if not response.rule:
-        raise AlertError("gRPC response with an empty rule")
+        raise AlertError("gRPC response with an empty rule", kind="empty_field")
     try:
         priority = Priority(response.priority)
     except ValueError:
         raise AlertError(
-            f"gRPC response with unknown priority number {response.priority}"
+            f"gRPC response with unknown priority number {response.priority}",
+            kind="unknown_priority",
         ) from None
     fields = response.output_fields
     return FalcoEvent(
@@ -151,11 +159,13 @@ def self_test_event(now_ns: int | None = None) -> FalcoEvent:
 def _required_text(doc: Mapping[str, Any], key: str) -> str:
     value = doc.get(key)
     if value is None:
-        raise AlertError(f"missing field {key!r}")
+        raise AlertError(f"missing field {key!r}", kind="missing_field")
     if not isinstance(value, str):
-        raise AlertError(f"field {key!r} must be a string, got {_json_kind(value)}")
+        raise AlertError(
+            f"field {key!r} must be a string, got {_json_kind(value)}", kind="wrong_type"
+        )
     if not value.strip():
-        raise AlertError(f"field {key!r} is empty")
+        raise AlertError(f"field {key!r} is empty", kind="empty_field")
     return value
 
 
@@ -164,7 +174,9 @@ def _optional_text(doc: Mapping[str, Any], key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise AlertError(f"field {key!r} must be a string, got {_json_kind(value)}")
+        raise AlertError(
+            f"field {key!r} must be a string, got {_json_kind(value)}", kind="wrong_type"
+        )
     return value
 
 
@@ -172,7 +184,7 @@ def _tags(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
-        raise AlertError("field 'tags' must be a list of strings")
+        raise AlertError("field 'tags' must be a list of strings", kind="wrong_type")
     return tuple(value)
 
 

@@ -18,8 +18,8 @@ from gateway.event import FalcoEvent, Priority
 from gateway.logs import StateLog
 from gateway.payload import falcosidekick_json
 from gateway.spool import Spool
-from gateway.stats import Stats
 from gateway.subject import SubjectTemplate
+from gateway.telemetry import Telemetry
 
 LOG = logging.getLogger("gateway.pipeline")
 
@@ -59,7 +59,7 @@ class Pipeline:
         *,
         dedup: DedupWindow | None = None,
         on_spooled: Callable[[], None] = lambda: None,
-        stats: Stats | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.subjects = subjects
         self.minimum_priority = minimum_priority
@@ -67,7 +67,7 @@ class Pipeline:
         # `is None`, not `or`: an empty DedupWindow is falsy (it has a length).
         self.dedup = dedup if dedup is not None else DedupWindow(window=0)
         self.on_spooled = on_spooled
-        self.stats = stats if stats is not None else Stats()
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.intake = StateLog("intake", LOG)
         for alert_id in spool.alert_ids():
             self.dedup.remember(alert_id)
@@ -78,8 +78,8 @@ class Pipeline:
         Raises SpoolFull when the spool cannot take it; the source answers 503
         (HTTP) or holds its stream (gRPC), and nothing is dropped.
         """
-        stats = self.stats
-        stats.add("received", path)
+        stats = self.telemetry
+        stats.received(path, event.priority.canonical, event.rule)
         if not event.priority.at_least(self.minimum_priority):
             stats.add("filtered", path)
             return Filtered(
@@ -105,6 +105,6 @@ class Pipeline:
         self.on_spooled()
         return Accepted(subject, alert_id)
 
-    def rejected(self, path: Path) -> None:
+    def rejected(self, path: Path, kind: str) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""
-        self.stats.add("rejected", path)
+        self.telemetry.rejected(path, kind)

@@ -17,7 +17,7 @@ from gateway.backoff import Backoff
 from gateway.logs import OncePer, StateLog, log
 from gateway.sinks.nats import NatsSink
 from gateway.spool import Spool, SpooledAlert
-from gateway.stats import Stats
+from gateway.telemetry import Telemetry
 
 LOG = logging.getLogger("gateway.publisher")
 
@@ -27,14 +27,14 @@ class Publisher:
         self,
         spool: Spool,
         sink: NatsSink,
-        stats: Stats,
+        telemetry: Telemetry,
         *,
         batch_size: int = 256,
         max_age: float = 0.0,
     ) -> None:
         self.spool = spool
         self.sink = sink
-        self.stats = stats
+        self.telemetry = telemetry
         self.batch_size = batch_size
         self.max_age_ns = int(max_age * 1e9)
         self.state = StateLog("delivery", LOG)
@@ -97,13 +97,16 @@ class Publisher:
             return batch[0].seq - 1
         outcome = await self.sink.deliver(batch)
         self.spool.delete(outcome.delivered)
+        now = time.time_ns()
         for alert in outcome.delivered:
-            self.stats.add("published", alert.path)
+            self.telemetry.add("published", alert.path)
+            self.telemetry.latency.observe((now - alert.accepted_ns) / 1e9)
         if outcome.rejected:
             self._reject(outcome.rejected)
         settled = {a.seq for a in outcome.delivered} | {a.seq for a, _ in outcome.rejected}
         unsettled = [a for a in batch if a.seq not in settled]
         if unsettled:
+            self.telemetry.publish_failed()
             # Rewind to the first alert NATS did not confirm: order is kept, and
             # JetStream drops any re-sent copy by its Nats-Msg-Id.
             await asyncio.sleep(retry.next_delay())
@@ -120,7 +123,7 @@ class Publisher:
         if expired:
             self.spool.delete(expired)
             for alert in expired:
-                self.stats.add("expired", alert.path)
+                self.telemetry.add("expired", alert.path)
             log(
                 logging.WARNING,
                 "alerts expired in the spool (spool_max_age)",
@@ -132,7 +135,7 @@ class Publisher:
     def _reject(self, rejected: list[tuple[SpooledAlert, str]]) -> None:
         self.spool.delete(alert for alert, _ in rejected)
         for alert, reason in rejected:
-            self.stats.add("undeliverable", alert.path)
+            self.telemetry.add("undeliverable", alert.path)
             if self._reasons.first(reason):
                 log(
                     logging.ERROR,

@@ -79,7 +79,7 @@ async def test_every_alert_sent_on_both_paths_is_published_once(
         statuses = await post_all(gw.url, events, connections=2)
         msgs = await take(inbox, len(events))
         await nothing_more(inbox, 1.0)
-        stats = gw.gateway.stats
+        stats = gw.gateway.telemetry
         assert stats.get("duplicate") == len(events)
         assert stats.get("published") == len(events)
     await nc.close()
@@ -103,7 +103,9 @@ async def test_jetstream_stream_is_created_and_acked(js_server: NatsServer) -> N
     events = alerts(500)
     async with running_gateway(js_server.url, **JETSTREAM, stream_max_age=3600) as gw:
         statuses = await post_all(gw.url, events)
-        await until(lambda: gw.gateway.stats.get("published") == len(events), "JetStream acks", 20)
+        await until(
+            lambda: gw.gateway.telemetry.get("published") == len(events), "JetStream acks", 20
+        )
         assert gw.gateway.spool.count == 0
     assert set(statuses) == {200}
     ids = await stream_ids(js_server.url, "FALCO", len(events))
@@ -153,7 +155,7 @@ async def test_nats_killed_and_restarted_under_load_loses_nothing(
 
         _, statuses, _ = await asyncio.gather(outage(), post_all(gw.url, over_http), grpc_feed())
         await until(
-            lambda: gw.gateway.stats.get("published") == len(events), "every alert acked", 60
+            lambda: gw.gateway.telemetry.get("published") == len(events), "every alert acked", 60
         )
     await falco.stop()
     assert set(statuses) == {200}, "HTTP kept answering 2xx through the outage"
@@ -276,12 +278,14 @@ async def test_cluster_node_killed_mid_stream_loses_nothing(tmp_path: Path) -> N
             used = next(n for n in cluster.nodes if n.port == nc.connected_url.port)
 
             async def kill_used_node() -> None:
-                await until(lambda: gw.gateway.stats.get("published") >= 500, "traffic", 30)
+                await until(lambda: gw.gateway.telemetry.get("published") >= 500, "traffic", 30)
                 used.stop()
 
             _, statuses = await asyncio.gather(kill_used_node(), post_all(gw.url, events))
             assert set(statuses) == {200}
-            await until(lambda: gw.gateway.stats.get("published") == len(events), "every ack", 90)
+            await until(
+                lambda: gw.gateway.telemetry.get("published") == len(events), "every ack", 90
+            )
             assert nc.connected_url.port != used.port, "failed over to another node"
         survivor = next(n for n in cluster.nodes if n is not used)
         ids = await stream_ids(survivor.url, "FALCO", len(events))
@@ -319,7 +323,7 @@ async def test_full_spool_answers_503_counts_it_and_loses_nothing_accepted(
         assert refused, "the spool should have filled"
         assert {r.status for r in refused} == {503}
         assert all("spool full" in orjson.loads(r.body)["error"] for r in refused)
-        assert gw.gateway.stats.get("refused", "http") == len(refused)
+        assert gw.gateway.telemetry.get("refused", "http") == len(refused)
         assert (await http.get("/readyz")).status == 503
         # gRPC: Falco writes all it has queued after each request, so the first
         # batch goes onto the stream at once; while full, the gateway holds that

@@ -161,7 +161,7 @@ async def test_malformed_grpc_alert_is_counted_and_the_stream_goes_on(
         falco.emit(unknown_priority)
         falco.emit(to_grpc_response(SEED))
         (msg,) = await take(inbox, 1)
-        assert gw.gateway.stats.get("rejected", "grpc") == 2
+        assert gw.gateway.telemetry.get("rejected", "grpc") == 2
     await nc.close()
     await falco.stop()
     assert msg.subject == "falco.notice.terminal_shell_in_container"

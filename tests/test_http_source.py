@@ -107,7 +107,7 @@ async def test_minimum_priority_info_filters_debug_only(nats_server: NatsServer)
                 }
         msgs = await take(inbox, 2)
         await nothing_more(inbox)
-        assert gw.gateway.stats.get("filtered", "http") == 1
+        assert gw.gateway.telemetry.get("filtered", "http") == 1
     await nc.close()
     assert [m.subject.split(".")[1] for m in msgs] == ["informational", "notice"]
 
@@ -203,7 +203,7 @@ async def test_bad_input_gets_a_4xx_with_the_reason_and_the_gateway_keeps_servin
             assert (await fresh.post(to_falco_json(SEED))).status == 200
         (msg,) = await take(inbox, 1)
         await nothing_more(inbox, 0.2)
-        assert gw.gateway.stats.get("rejected", "http") == len(BAD_INPUTS) + 1
+        assert gw.gateway.telemetry.get("rejected", "http") == len(BAD_INPUTS) + 1
     await nc.close()
     assert msg.subject == "falco.notice.terminal_shell_in_container"
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -55,18 +56,18 @@ class Delivery:
 class NatsSink:
     def __init__(
         self,
-        servers: list[str],
+        options: dict[str, Any],
         stream: StreamSettings | None = None,
         *,
         publish_timeout: float = 5.0,
-        name: str = "falco-nats-gateway",
         connect_timeout: int = 2,
         reconnect_wait: int = 1,
     ) -> None:
-        self.servers = servers
+        """`options`: nats-py connect arguments (gateway.nats_options.connect_options)."""
+        self.options = options
+        self.servers: list[str] = list(options["servers"])
         self.stream = stream
         self.publish_timeout = publish_timeout
-        self._name = name
         self._connect_timeout = connect_timeout
         self._reconnect_wait = reconnect_wait
         self._nc: Client | None = None
@@ -74,6 +75,7 @@ class NatsSink:
         self._connecting: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._stream_ready = False
+        self.reconnects = 0
         self.state = StateLog("nats", LOG)
 
     @property
@@ -114,6 +116,7 @@ class NatsSink:
         async def reconnected_cb() -> None:
             nonlocal first_error
             first_error = True
+            self.reconnects += 1
             self.state.change("connected", server=_server(nc))
             self._connected.set()
 
@@ -122,8 +125,7 @@ class NatsSink:
             self.state.change("closed")
 
         await nc.connect(
-            servers=self.servers,
-            name=self._name,
+            **self.options,
             connect_timeout=self._connect_timeout,
             reconnect_time_wait=self._reconnect_wait,
             max_reconnect_attempts=-1,

@@ -78,6 +78,7 @@ class FalcoGrpcSource:
         self.backoff = backoff if backoff is not None else Backoff(initial=0.1, maximum=5.0)
         self.state = StateLog("falco-grpc", LOG)
         self.falco_version = ""
+        self.connects = 0
         self._rejections = OncePer()
         # Cleared while the spool is full: no requests, so Falco keeps its queue.
         self._requesting = asyncio.Event()
@@ -118,6 +119,7 @@ class FalcoGrpcSource:
         async with self._channel() as channel:
             version = await self._read_version(channel)
             self.falco_version = version
+            self.connects += 1
             self.state.change("connected", address=self.address, falco_version=version)
             self.backoff.reset()
             call = outputs_pb2_grpc.serviceStub(channel).sub(self._requests(stop))
@@ -163,7 +165,7 @@ class FalcoGrpcSource:
         try:
             event = from_grpc(response)
         except AlertError as exc:
-            self.pipeline.rejected("grpc")
+            self.pipeline.rejected("grpc", exc.kind)
             if self._rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, path="grpc", reason=exc.reason)
             return

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -43,7 +44,12 @@ def _error(status: int, reason: str) -> Response:
     return _json(status, orjson.dumps({"error": reason}))
 
 
-def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> Quart:
+def create_app(
+    pipeline: Pipeline,
+    health: HealthCheck,
+    max_body_bytes: int,
+    metrics: Callable[[], bytes] = lambda: b"",
+) -> Quart:
     app = Quart("falco-nats-gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # A slow or stalled client may not hold a connection open for long.
@@ -57,7 +63,7 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
         try:
             event = from_http_body(body, request.headers.get("Content-Type", _JSON))
         except AlertError as exc:
-            pipeline.rejected("http")
+            pipeline.rejected("http", exc.kind)
             if rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason)
             return _error(exc.status, exc.reason)
@@ -78,6 +84,10 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
             return _json(200, b'{"status": "ok"}')
         return _json(503, orjson.dumps({"status": "unavailable", "reason": reason}))
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics(), content_type=CONTENT_TYPE_LATEST)
+
     @app.get("/readyz")
     async def readyz() -> Response:
         # Ready means "can accept alerts", which holds through a NATS outage while
@@ -90,7 +100,7 @@ def create_app(pipeline: Pipeline, health: HealthCheck, max_body_bytes: int) -> 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if isinstance(exc, RequestEntityTooLarge):
-            pipeline.rejected("http")
+            pipeline.rejected("http", "too_large")
             return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
         return _error(exc.code or 400, f"{exc.name}: {request.method} {request.path}")
 

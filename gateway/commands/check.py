@@ -1,0 +1,177 @@
+"""`falco-nats-gateway check`: validate the configuration and try every link.
+
+Prints one line per check and exits non-zero when any fails, so it can run as
+a Kubernetes init container or be pasted into a support request.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import grpc
+import grpc.aio
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from gateway.config import Settings, redact
+from gateway.errors import ConfigError
+from gateway.falco_pb import version_pb2, version_pb2_grpc
+from gateway.nats_options import connect_options
+from gateway.sources.grpc import GrpcTls
+
+TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def check_nats(settings: Settings) -> list[Result]:
+    target = redact(settings.nats_url)
+    errors: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        # One try per server: nats-py reads max_reconnect_attempts=0 as "forever".
+        nc = await nats.connect(
+            **connect_options(settings, "falco-nats-gateway-check"),
+            connect_timeout=int(TIMEOUT),
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            error_cb=remember,
+        )
+    except (nats.errors.Error, OSError) as exc:
+        cause = errors[-1] if errors else exc
+        return [Result("nats", False, f"{target}: {type(cause).__name__}: {cause}")]
+    try:
+        url = nc.connected_url
+        where = f"{url.hostname}:{url.port}" if url else target
+        results = [
+            Result(
+                "nats",
+                True,
+                f"connected to {where}, server {_version(nc)}, max_payload {nc.max_payload} bytes",
+            )
+        ]
+        if settings.jetstream:
+            results.append(await _check_stream(nc, settings))
+        return results
+    finally:
+        await nc.close()
+
+
+def _version(nc: Client) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+async def _check_stream(nc: Client, settings: Settings) -> Result:
+    try:
+        info = await nc.jetstream(timeout=TIMEOUT).stream_info(settings.stream_name)
+    except nats.js.errors.NotFoundError:
+        if settings.stream_create:
+            return Result(
+                "jetstream",
+                True,
+                f"stream {settings.stream_name} missing; the gateway will create it",
+            )
+        return Result(
+            "jetstream",
+            False,
+            f"stream {settings.stream_name} does not exist and stream_create is off",
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        return Result(
+            "jetstream", False, f"{type(exc).__name__}: {exc or 'JetStream not available'}"
+        )
+    config = info.config
+    return Result(
+        "jetstream",
+        True,
+        f"stream {config.name}: subjects {', '.join(config.subjects or [])}, "
+        f"{info.state.messages} messages, replicas {config.num_replicas}",
+    )
+
+
+async def check_falco(settings: Settings) -> Result:
+    address = settings.falco_grpc
+    if not address:
+        return Result("falco-grpc", True, "off (HTTP only)")
+    try:
+        if address.startswith("unix://"):
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            tls = GrpcTls.from_files(
+                settings.grpc_ca_cert, settings.grpc_client_key, settings.grpc_client_cert
+            )
+            credentials = grpc.ssl_channel_credentials(
+                tls.root_certificates, tls.private_key, tls.certificate_chain
+            )
+            options = (
+                [("grpc.ssl_target_name_override", settings.grpc_server_name)]
+                if settings.grpc_server_name
+                else []
+            )
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+    except ConfigError as exc:
+        return Result("falco-grpc", False, str(exc))
+    async with channel:
+        try:
+            stub = version_pb2_grpc.serviceStub(channel)
+            version = await stub.version(version_pb2.request(), timeout=TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            return Result("falco-grpc", False, f"{address}: {exc.code().name}: {exc.details()}")
+    return Result("falco-grpc", True, f"{address}: Falco {version.version}")
+
+
+def check_http(settings: Settings) -> Result:
+    host, port = settings.listen_host, settings.listen_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return Result("http", False, f"cannot listen on {settings.listen}: {exc.strerror}")
+    return Result("http", True, f"{settings.listen} is free")
+
+
+def check_spool(settings: Settings) -> Result:
+    from gateway.spool import Spool
+
+    if not settings.spool_dir:
+        return Result("spool", True, "in memory (set spool_dir to survive restarts)")
+    try:
+        spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_sync)
+    except ConfigError as exc:
+        return Result("spool", False, str(exc))
+    try:
+        return Result(
+            "spool", True, f"{spool.location}: {spool.count} alerts waiting, {spool.bytes} bytes"
+        )
+    finally:
+        spool.close()
+
+
+async def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
+    results = [Result("config", True, "valid")]
+    results += await check_nats(settings)
+    results.append(await check_falco(settings))
+    results.append(check_http(settings))
+    results.append(check_spool(settings))
+    for result in results:
+        print(f"{'ok' if result.ok else 'FAIL':<5} {result.name:<11} {result.detail}", file=out)
+    failed = [r.name for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} ok, {len(failed)} failed", file=out)
+    return 1 if failed else 0

@@ -1,0 +1,168 @@
+"""What happened to alerts: counted once, exposed as Prometheus metrics and in logs.
+
+Every event kind has one entry point (`Telemetry.add`), so the running counts
+the shutdown log prints and the metrics `/metrics` serves cannot drift apart.
+
+falcosidekick's metric names are kept where they mean the same, so existing
+dashboards keep working: `falcosecurity_falcosidekick_inputs_total{source,
+status}` (source `requests` for HTTP, `grpc` for the gRPC stream) and
+`falcosecurity_falcosidekick_outputs_total{destination="nats", status}`.
+Labels stay low-cardinality: no per-rule label unless `metrics_rule_labels`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+KINDS = (
+    "received",  # read from a source
+    "filtered",  # below minimum_priority
+    "duplicate",  # the other path's copy of an alert already accepted
+    "rejected",  # unreadable: answered 4xx (HTTP) or skipped (gRPC)
+    "refused",  # readable but the spool was full: HTTP 503, gRPC held back
+    "accepted",  # spooled, on its way to NATS
+    "published",  # NATS has it
+    "expired",  # older than spool_max_age before NATS took it
+    "undeliverable",  # NATS can never take it (larger than max_payload)
+)
+
+# falcosidekick's input source names.
+_INPUT_SOURCE = {"http": "requests", "grpc": "grpc", "test": "test"}
+_INPUT_STATUS = {"received": "accepted", "rejected": "rejected", "refused": "refused"}
+
+# Seconds from accepted to confirmed by NATS: sub-millisecond when NATS is up,
+# up to the length of an outage when it is not.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
+
+
+class Telemetry:
+    def __init__(self, rule_labels: bool = False) -> None:
+        self.counts: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
+        self.registry = CollectorRegistry()
+        self._inputs = PromCounter(
+            "falcosecurity_falcosidekick_inputs",
+            "Alerts received, as falcosidekick counts them (source: requests = HTTP, grpc)",
+            ["source", "status"],
+            registry=self.registry,
+        )
+        self._outputs = PromCounter(
+            "falcosecurity_falcosidekick_outputs",
+            "Alerts handed to outputs, as falcosidekick counts them",
+            ["destination", "status"],
+            registry=self.registry,
+        )
+        self._alerts = PromCounter(
+            "falco_nats_gateway_alerts",
+            "Alerts by ingest path and what became of them "
+            "(received, filtered, duplicate, rejected, refused, accepted, published, expired, "
+            "undeliverable)",
+            ["path", "outcome"],
+            registry=self.registry,
+        )
+        self._by_priority = PromCounter(
+            "falco_nats_gateway_alerts_received_by_priority",
+            "Alerts read from a source, by path and priority",
+            ["path", "priority"],
+            registry=self.registry,
+        )
+        self._rejections = PromCounter(
+            "falco_nats_gateway_alerts_rejected_by_reason",
+            "Unreadable alerts, by path and kind of problem",
+            ["path", "reason"],
+            registry=self.registry,
+        )
+        self._by_rule = (
+            PromCounter(
+                "falco_nats_gateway_alerts_received_by_rule",
+                "Alerts read from a source, by rule (metrics_rule_labels: one series per rule)",
+                ["rule", "priority"],
+                registry=self.registry,
+            )
+            if rule_labels
+            else None
+        )
+        self.latency = Histogram(
+            "falco_nats_gateway_publish_latency_seconds",
+            "Seconds from an alert being accepted to NATS confirming it (JetStream ack or flush)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._publish_failures = PromCounter(
+            "falco_nats_gateway_publish_failures",
+            "Batches NATS did not confirm in time, to be retried",
+            registry=self.registry,
+        )
+        for path in ("http", "grpc"):
+            for outcome in KINDS:
+                self._alerts.labels(path, outcome)
+
+    def add(self, kind: str, path: str, n: int = 1) -> None:
+        """Count `n` alerts of `path` that met `kind` (one of KINDS)."""
+        self.counts[kind][path] += n
+        self._alerts.labels(path, kind).inc(n)
+        status = _INPUT_STATUS.get(kind)
+        if status is not None:
+            self._inputs.labels(_INPUT_SOURCE.get(path, path), status).inc(n)
+        elif kind == "published":
+            self._outputs.labels("nats", "ok").inc(n)
+        elif kind in {"undeliverable", "expired"}:
+            self._outputs.labels("nats", "error").inc(n)
+
+    def received(self, path: str, priority: str, rule: str) -> None:
+        self.add("received", path)
+        self._by_priority.labels(path, priority).inc()
+        if self._by_rule is not None:
+            self._by_rule.labels(rule, priority).inc()
+
+    def rejected(self, path: str, reason: str) -> None:
+        self.add("rejected", path)
+        self._rejections.labels(path, reason).inc()
+
+    def publish_failed(self) -> None:
+        self._publish_failures.inc()
+
+    def watch(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Add metrics read at scrape time (spool depth, link states)."""
+        self.registry.register(_Callback(collect))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def get(self, kind: str, path: str | None = None) -> int:
+        counter = self.counts[kind]
+        return counter[path] if path is not None else sum(counter.values())
+
+    def summary(self) -> dict[str, int]:
+        return {
+            f"{kind}_{path}": count
+            for kind in KINDS
+            for path, count in sorted(self.counts[kind].items())
+            if count
+        }
+
+
+class _Callback(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+
+def gauge(
+    name: str, documentation: str, value: float, labels: dict[str, str] | None = None
+) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def counter(name: str, documentation: str, value: float) -> Metric:
+    return CounterMetricFamily(name, documentation, value=value)
