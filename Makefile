@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := gateway/falco_pb/outputs_pb2.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv proto demo test lint unit clean
+IMAGE ?= falco-nats-gateway
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+
+.PHONY: help venv proto demo test lint unit k8s image clean
 
 help:
 	@echo "make demo    the whole pipeline on this machine: nats-server, gateway, Falco simulator"
 	@echo "make test    install everything, generate stubs, lint, run the test suite"
 	@echo "make lint    ruff and mypy (strict on hand-written code)"
 	@echo "make proto   regenerate gateway/falco_pb/ from proto/"
+	@echo "make k8s     check the chart, values files, Dockerfile and demo script (no cluster)"
+	@echo "make image   build the container image (needs a Docker engine)"
+	@echo "scripts/minikube-demo.sh [--falco 0.44] [--dry-run]   the demo on a real cluster"
 
 # The virtualenv with the gateway (editable) and its development tools.
 $(STAMP): pyproject.toml setup.py
@@ -37,9 +43,19 @@ lint: $(PROTO_OUT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck scripts/minikube-demo.sh
+	$(VENV)/bin/yamllint --strict -c tests/k8s/yamllint.yaml charts/falco-nats-gateway/values.yaml charts/falco-nats-gateway/Chart.yaml deploy
+	$(VENV)/bin/hadolint Dockerfile
 
 unit: $(PROTO_OUT)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+k8s: $(PROTO_OUT)
+	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
+
+# Needs a Docker engine; tests/k8s checks the Dockerfile without one.
+image:
+	docker build -t $(IMAGE):$(VERSION) .
 
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
