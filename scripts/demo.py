@@ -23,7 +23,10 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
+from gateway.commands.tail import format_nats_sub
+
 ALERTS = 16
+BOTH_EVERY = 4
 SEED_SUBJECT = "falco.notice.terminal_shell_in_container"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -60,36 +63,37 @@ def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[by
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
-def print_like_nats_sub(number: int, msg: Msg) -> None:
-    print(f'\n[#{number}] Received on "{msg.subject}"')
-    for name, value in (msg.headers or {}).items():
-        print(f"{name}: {value}")
-    print(f"\n{msg.data.decode()}\n", flush=True)
-
-
 async def run_alerts(
     nats_url: str, http_port: int, falco_socket: str, env: dict[str, str]
-) -> tuple[list[Msg], int]:
-    """Subscribe to falco.>, run the simulator, collect what arrives."""
-    step("subscribing to falco.> (as `nats sub 'falco.>'` would)")
+) -> tuple[list[Msg], int, int]:
+    """Run `tail` and the simulator; collect what arrives on falco.> to check it."""
     nc = await nats.connect(nats_url)
     received: list[Msg] = []
     done = asyncio.Event()
 
     async def on_msg(msg: Msg) -> None:
         received.append(msg)
-        print_like_nats_sub(len(received), msg)
         if len(received) >= ALERTS:
             done.set()
 
     await nc.subscribe("falco.>", cb=on_msg)
     await nc.flush()
-    step(f"Falco simulator: {ALERTS} alerts, alternating gRPC and HTTP")
+    step("falco-nats-gateway tail: what arrives on falco.>, one line per alert")
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "tail", "--nats-url", nats_url, "--count", str(ALERTS),
+        env=env,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)  # let tail subscribe before the first alert
+    step(
+        f"Falco simulator: {ALERTS} alerts, alternating gRPC and HTTP; "
+        f"every {BOTH_EVERY}th on both paths (as a Falco with both exits on)"
+    )
     simulator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "simulate",
         "--grpc-listen", falco_socket,
         "--http-url", f"http://127.0.0.1:{http_port}/",
         "--count", str(ALERTS),
+        "--both-every", str(BOTH_EVERY),
         "--interval", "0.15",
         "--hostname", "minikube",
         stdout=asyncio.subprocess.PIPE,
@@ -104,32 +108,65 @@ async def run_alerts(
         print(f"demo: only {len(received)} of {ALERTS} alerts arrived within 30s", file=sys.stderr)
     simulator_rc = await simulator.wait()
     await printer
+    try:
+        tail_rc = await asyncio.wait_for(tail.wait(), 10)
+    except TimeoutError:
+        tail.terminate()
+        tail_rc = await tail.wait()
     await nc.drain()
-    return received, simulator_rc
+    seed = next((m for m in received if m.subject == SEED_SUBJECT), None)
+    if seed is not None:
+        step(f"the seed alert, as `nats sub {SEED_SUBJECT}` shows it")
+        print(format_nats_sub(1, seed), flush=True)
+    return received, simulator_rc, tail_rc
 
 
-def summarize(received: list[Msg], gateway_rc: int, simulator_rc: int, workdir: Path) -> bool:
-    paths = Counter((m.headers or {}).get("Falco-Gateway-Path", "?") for m in received)
+def scrape_metrics(http_port: int) -> dict[str, float]:
+    """The gateway's own counters, from its /metrics, keyed `name{labels}`."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def summarize(
+    received: list[Msg], metrics: dict[str, float], codes: dict[str, int], workdir: Path
+) -> bool:
+    def alerts(path: str, outcome: str) -> int:
+        return int(
+            metrics.get(f"falco_nats_gateway_alerts_total{{outcome={outcome},path={path}}}", 0)
+        )
+
     subjects = Counter(m.subject for m in received)
     ids = {(m.headers or {}).get("Nats-Msg-Id") for m in received}
+    duplicates = alerts("grpc", "duplicate") + alerts("http", "duplicate")
     ok = (
         len(received) == ALERTS
-        and subjects[SEED_SUBJECT] >= 1
-        and gateway_rc == 0
-        and simulator_rc == 0
         and len(ids) == ALERTS
+        and subjects[SEED_SUBJECT] >= 1
+        and duplicates == ALERTS // BOTH_EVERY
+        and all(code == 0 for code in codes.values())
     )
-    step("summary")
-    print(f"  alerts emitted by the simulator : {ALERTS}")
-    print(f"  received on falco.>             : {len(received)}")
-    print(f"    via gRPC (sub stream)         : {paths['grpc']}")
-    print(f"    via HTTP (POST /)             : {paths['http']}")
-    print(f"  distinct Nats-Msg-Id            : {len(ids)}")
-    print(f"  seed alert on {SEED_SUBJECT}: {subjects[SEED_SUBJECT]}")
-    print(f"  gateway exit code after SIGTERM : {gateway_rc}")
+    step("summary (from the gateway's /metrics)")
+    print(f"  alerts emitted by the simulator  : {ALERTS} ({ALERTS // BOTH_EVERY} of them twice)")
+    print(f"  received via gRPC (sub stream)   : {alerts('grpc', 'received')}")
+    print(f"  received via HTTP (POST /)       : {alerts('http', 'received')}")
+    published = alerts("grpc", "published") + alerts("http", "published")
+    print(f"  published to NATS                : {published}")
+    print(f"  deduplicated (second copies)     : {duplicates}")
+    print(f"  on falco.>, distinct Nats-Msg-Id : {len(received)}, {len(ids)}")
+    print(f"  exit codes                       : {', '.join(f'{k} {v}' for k, v in codes.items())}")
     kept = os.environ.get("KEEP") == "1"
     print(
-        f"  logs                            : {workdir if kept else 'removed (KEEP=1 keeps them)'}"
+        f"  logs                             : {workdir if kept else 'removed (KEEP=1 keeps them)'}"
     )
     print(f"{BOLD}{'demo OK' if ok else 'demo FAILED'}{RESET}")
     return ok
@@ -169,7 +206,10 @@ def main() -> int:
         procs.append(gateway)
         wait_for_port(http_port, gateway, "the gateway")
 
-        received, simulator_rc = asyncio.run(run_alerts(nats_url, http_port, falco_socket, env))
+        received, simulator_rc, tail_rc = asyncio.run(
+            run_alerts(nats_url, http_port, falco_socket, env)
+        )
+        metrics = scrape_metrics(http_port)
 
         step("stopping the gateway with SIGTERM")
         gateway.send_signal(signal.SIGTERM)
@@ -179,7 +219,8 @@ def main() -> int:
                 key in line for key in ("falco-grpc connected", "nats connected", "msg=stopped")
             ):
                 print(f"{DIM}gateway | {line}{RESET}")
-        return 0 if summarize(received, gateway_rc, simulator_rc, workdir) else 1
+        codes = {"gateway": gateway_rc, "simulator": simulator_rc, "tail": tail_rc}
+        return 0 if summarize(received, metrics, codes, workdir) else 1
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "with gRPC and http_output both on); grpc or http: one path only",
     )
     parser.add_argument(
+        "--both-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --mode alternate, send every Nth alert on both paths too (shows deduplication)",
+    )
+    parser.add_argument(
         "--hostname", default=socket.gethostname(), help="hostname written into alerts"
     )
     parser.add_argument(
@@ -72,12 +79,16 @@ def main(argv: list[str]) -> int:
     return asyncio.run(simulate(args))
 
 
-def _paths(mode: str, index: int, grpc_on: bool, http_on: bool) -> tuple[str, ...]:
+def _paths(
+    mode: str, index: int, grpc_on: bool, http_on: bool, both_every: int = 0
+) -> tuple[str, ...]:
     if not grpc_on:
         return ("http",)
     if not http_on:
         return ("grpc",)
     if mode == "alternate":
+        if both_every and (index + 1) % both_every == 0:
+            return ("grpc", "http")
         return ("grpc",) if index % 2 == 0 else ("http",)
     if mode == "both":
         return ("grpc", "http")
@@ -90,7 +101,10 @@ async def simulate(args: argparse.Namespace) -> int:
     failures = 0
     try:
         for index, event in enumerate(stream(args.hostname, args.count)):
-            for path in _paths(args.mode, index, server is not None, client is not None):
+            paths = _paths(
+                args.mode, index, server is not None, client is not None, args.both_every
+            )
+            for path in paths:
                 if path == "grpc" and server is not None:
                     server.emit(to_grpc_response(event))
                     note = "queued"
