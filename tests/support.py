@@ -25,6 +25,19 @@ from gateway.config import Settings
 from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
 
+# falcosidekick's payload keys, in its order (types.FalcoPayload), tags and hostname present.
+FALCOSIDEKICK_KEYS = [
+    "uuid",
+    "output",
+    "priority",
+    "rule",
+    "time",
+    "output_fields",
+    "source",
+    "tags",
+    "hostname",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:

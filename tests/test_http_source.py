@@ -12,7 +12,14 @@ from gateway.pipeline import MSG_ID_HEADER, PATH_HEADER
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.wire import to_falco_json
-from tests.support import NatsServer, nothing_more, running_gateway, subscribe, take
+from tests.support import (
+    FALCOSIDEKICK_KEYS,
+    NatsServer,
+    nothing_more,
+    running_gateway,
+    subscribe,
+    take,
+)
 
 # The alert of the seed demo, as Falco 0.43 posts it.
 SEED = render(CATALOG[0], 1_612_815_555_325_119_960, "minikube")
@@ -34,17 +41,7 @@ async def test_seed_alert_lands_on_falcosidekicks_subject(nats_server: NatsServe
     assert msg.headers[MSG_ID_HEADER] == SEED.alert_id
     assert msg.headers[PATH_HEADER] == "http"
     doc = orjson.loads(msg.data)
-    assert list(doc) == [
-        "uuid",
-        "output",
-        "priority",
-        "rule",
-        "time",
-        "output_fields",
-        "source",
-        "tags",
-        "hostname",
-    ]
+    assert list(doc) == FALCOSIDEKICK_KEYS
     assert doc["uuid"] == SEED.alert_id
     assert doc["rule"] == "Terminal shell in container"
     assert doc["priority"] == "Notice"

@@ -7,23 +7,14 @@ from gateway.normalize import from_grpc, from_http_body
 from gateway.payload import falcosidekick_json
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json, to_grpc_response
+from tests.support import FALCOSIDEKICK_KEYS
 
 EVENT = render(CATALOG[0], 1_612_815_555_325_119_960, "node-1")
 
 
 def test_keys_in_falcosidekick_order() -> None:
     doc = orjson.loads(falcosidekick_json(EVENT))
-    assert list(doc) == [
-        "uuid",
-        "output",
-        "priority",
-        "rule",
-        "time",
-        "output_fields",
-        "source",
-        "tags",
-        "hostname",
-    ]
+    assert list(doc) == FALCOSIDEKICK_KEYS
     assert doc["priority"] == "Notice"
     assert doc["time"] == "2021-02-08T20:19:15.325119960Z"
     assert doc["uuid"] == EVENT.alert_id
