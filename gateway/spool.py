@@ -20,7 +20,9 @@ write() to a log file.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -68,12 +70,14 @@ class Spool:
     ) -> None:
         self.max_bytes = max_bytes
         self.location = ":memory:"
+        self._lock: int | None = None
         if directory:
             folder = Path(directory)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
+            self._lock = _lock(folder)
             self.location = str(folder / "spool.db")
         try:
             # isolation_level=None: autocommit; each statement is its own transaction.
@@ -158,3 +162,22 @@ class Spool:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _lock(folder: Path) -> int:
+    """Hold `folder` for this process: two gateways on one spool would each publish
+    every alert in it. The kernel drops the lock when the process dies, SIGKILL too."""
+    path = folder / "spool.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError("spool_dir", f"cannot open {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError("spool_dir", f"{folder} is in use by another gateway process") from None
+    return fd

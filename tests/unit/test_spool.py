@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,10 @@ def test_file_spool_survives_reopening(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "spool"))
     fill(spool, 5)
     spool.delete(spool.read(0, 2))
-    # No close(): as if the process were killed.
+    # As if the process were killed: no checkpoint, no clean close of the database.
+    spool._db.close()
+    assert spool._lock is not None
+    os.close(spool._lock)  # the kernel does this when a process dies
     reopened = Spool(str(tmp_path / "spool"))
     assert reopened.durable
     assert reopened.count == 3
@@ -72,3 +76,11 @@ def test_unusable_spool_dir_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Spool(str(blocker / "spool"))
     assert caught.value.key == "spool_dir"
+
+
+def test_one_spool_folder_serves_one_gateway(tmp_path: Path) -> None:
+    first = Spool(str(tmp_path / "spool"))
+    with pytest.raises(ConfigError, match="in use by another gateway"):
+        Spool(str(tmp_path / "spool"))
+    first.close()
+    Spool(str(tmp_path / "spool")).close()
