@@ -12,14 +12,16 @@ from prometheus_client.core import Metric
 
 from gateway import __version__
 from gateway.config import Settings, redact
+from gateway.config import split_listen as config_split_listen
 from gateway.dedup import DedupWindow
 from gateway.logs import log
 from gateway.nats_options import connect_options
+from gateway.normalize import Limits
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.sinks.nats import NatsSink, StreamSettings
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
-from gateway.sources.http import create_app, serve_http
+from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
 from gateway.telemetry import Telemetry, counter, gauge
@@ -62,6 +64,7 @@ class Gateway:
             on_spooled=self.publisher.notify,
             telemetry=self.telemetry,
         )
+        limits = Limits(s.max_output_fields, s.max_field_bytes)
         self.grpc: FalcoGrpcSource | None = None
         if s.falco_grpc:
             tls = None
@@ -72,10 +75,28 @@ class Gateway:
                     cert=s.grpc_client_cert,
                     server_name=s.grpc_server_name,
                 )
-            self.grpc = FalcoGrpcSource(s.falco_grpc, self.pipeline, s.grpc_poll_interval, tls)
+            self.grpc = FalcoGrpcSource(
+                s.falco_grpc,
+                self.pipeline,
+                s.grpc_poll_interval,
+                tls,
+                max_message_bytes=s.grpc_max_message_bytes,
+                limits=limits,
+            )
         self.telemetry.watch(self._link_metrics)
+        auth = BasicAuth(s.http_user, s.secret("http_password")) if s.http_user else None
+        self.http_tls = HttpTls(s.tls_cert, s.tls_key, s.tls_client_ca) if s.http_tls else None
+        self.health_bind = config_split_listen(s.health_listen) if s.health_listen else None
         self.app = create_app(
-            self.pipeline, self.health, s.max_body_bytes, self.telemetry.exposition
+            self.pipeline,
+            self.health,
+            s.max_body_bytes,
+            self.telemetry.exposition,
+            auth=auth,
+            health_port=self.health_bind[1] if self.health_bind else None,
+            read_timeout=s.http_read_timeout,
+            max_in_flight=s.http_max_in_flight,
+            limits=limits,
         )
         # `stop` ends intake; `_drain` then tells the publisher to finish up.
         self.stop = asyncio.Event()
@@ -143,7 +164,14 @@ class Gateway:
         intake = [
             asyncio.create_task(
                 serve_http(
-                    self.app, s.listen_host, s.listen_port, self.stop.wait, s.shutdown_timeout
+                    self.app,
+                    s.listen_host,
+                    s.listen_port,
+                    self.stop.wait,
+                    s.shutdown_timeout,
+                    tls=self.http_tls,
+                    health=self.health_bind,
+                    read_timeout=s.http_read_timeout,
                 ),
                 name="http",
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,6 +63,52 @@ class Settings:
     publish_timeout: float = 5.0
     log_format: str = "logfmt"
     metrics_rule_labels: bool = False
+    # Security: the HTTP listener (TLS, mutual TLS, basic auth, a plain probe port).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    http_user: str = ""
+    # Secrets are kept out of repr(), so a settings object in a log or a traceback
+    # shows no password.
+    http_password: str = field(default="", repr=False)
+    http_password_file: str = ""
+    health_listen: str = ""
+    # Limits against slow, flooding or hostile clients.
+    http_read_timeout: float = 10.0
+    http_max_in_flight: int = 256
+    max_output_fields: int = 512
+    max_field_bytes: int = 16384
+    grpc_max_message_bytes: int = 4 * 1024 * 1024
+    # Security: the NATS link.
+    nats_ca: str = ""
+    nats_cert: str = ""
+    nats_key: str = ""
+    nats_token: str = field(default="", repr=False)
+    nats_token_file: str = ""
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
+    nats_password_file: str = ""
+    nats_nkey_seed: str = ""
+    nats_creds: str = ""
+
+    @property
+    def http_tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def secret(self, key: str) -> str:
+        """A secret value: `<key>_file`'s content when that is set (one trailing newline
+        dropped, as `echo` and Kubernetes Secrets leave one), else `<key>` itself."""
+        path = getattr(self, key + "_file")
+        if not path:
+            return str(getattr(self, key))
+        from gateway.tls import read_file
+
+        data = read_file(key + "_file", path)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(key + "_file", f"{path} is not UTF-8 text") from None
+        return text.removesuffix("\n").removesuffix("\r")
 
     @property
     def nats_servers(self) -> list[str]:
@@ -111,7 +157,62 @@ class Settings:
                 "log_level", f"{self.log_level!r} is not one of debug, info, warning, error"
             )
         self._validate_delivery()
+        self._validate_security()
         return self
+
+    def _validate_security(self) -> None:
+        from gateway.tls import check_ca, check_pair, check_readable
+
+        for key in SECRET_FILE_KEYS:
+            if getattr(self, key) and getattr(self, key + "_file"):
+                raise ConfigError(key + "_file", f"give {key} or {key}_file, not both")
+            if getattr(self, key + "_file") and not self.secret(key):
+                raise ConfigError(key + "_file", f"{getattr(self, key + '_file')} is empty")
+        _check_http_security(self, check_ca, check_pair)
+        self._validate_nats_security(check_ca, check_pair, check_readable)
+        limits = (
+            ("http_max_in_flight", self.http_max_in_flight, 1, 100_000),
+            ("max_output_fields", self.max_output_fields, 1, 100_000),
+            ("max_field_bytes", self.max_field_bytes, 64, 64 * 1024 * 1024),
+            ("grpc_max_message_bytes", self.grpc_max_message_bytes, 64 * 1024, 1024**3),
+        )
+        for key, value, low, high in limits:
+            if not low <= value <= high:
+                raise ConfigError(key, f"{value} is not within {low}..{high}")
+        if not 0.1 <= self.http_read_timeout <= 3600:
+            raise ConfigError(
+                "http_read_timeout", f"{self.http_read_timeout} is not within 0.1..3600 seconds"
+            )
+
+    def _validate_nats_security(self, check_ca: Any, check_pair: Any, check_readable: Any) -> None:
+        if self.nats_cert or self.nats_key:
+            if not (self.nats_cert and self.nats_key):
+                missing = "nats_key" if self.nats_cert else "nats_cert"
+                raise ConfigError(missing, "a NATS client certificate needs nats_cert and nats_key")
+            check_pair("nats_cert", self.nats_cert, "nats_key", self.nats_key)
+        if self.nats_ca:
+            check_ca("nats_ca", self.nats_ca)
+        methods = [
+            key
+            for key, given in (
+                ("nats_token", bool(self.nats_token or self.nats_token_file)),
+                ("nats_user", bool(self.nats_user)),
+                ("nats_nkey_seed", bool(self.nats_nkey_seed)),
+                ("nats_creds", bool(self.nats_creds)),
+            )
+            if given
+        ]
+        if len(methods) > 1:
+            raise ConfigError(
+                methods[1], f"choose one NATS authentication, not {' and '.join(methods)}"
+            )
+        if bool(self.nats_user) != bool(self.nats_password or self.nats_password_file):
+            key = "nats_password" if self.nats_user else "nats_user"
+            raise ConfigError(key, "NATS user authentication needs nats_user and nats_password")
+        if self.nats_nkey_seed:
+            _check_nats_file("nats_nkey_seed", self.nats_nkey_seed, b"SU", check_readable)
+        if self.nats_creds:
+            _check_nats_file("nats_creds", self.nats_creds, b"BEGIN NATS USER JWT", check_readable)
 
     def _validate_delivery(self) -> None:
         if self.jetstream:
@@ -169,7 +270,32 @@ HELP: dict[str, str] = {
     "publish_timeout": "seconds to wait for a JetStream ack or a core flush",
     "log_format": "logfmt or json, one line per event on stderr",
     "metrics_rule_labels": "add a per-rule metric (one series per rule: watch cardinality)",
+    "tls_cert": "server certificate (PEM) of the HTTP listener; set: HTTPS only",
+    "tls_key": "private key (PEM) of tls_cert",
+    "tls_client_ca": "CA (PEM) whose client certificates the HTTP listener requires (mutual TLS)",
+    "http_user": "basic-auth user Falco must send on POST / (in http_output's URL)",
+    "http_password": "basic-auth password (prefer http_password_file or the environment)",
+    "http_password_file": "file holding the basic-auth password",
+    "health_listen": "HOST:PORT of a plain-HTTP port for /ping, /healthz, /readyz, /metrics only",
+    "http_read_timeout": "seconds a client has to send a request body, and for the TLS handshake",
+    "http_max_in_flight": "most requests handled at once; more are answered 503",
+    "max_output_fields": "most output_fields an alert may carry; more: the alert is rejected",
+    "max_field_bytes": "longest output field value in bytes; longer ones are truncated",
+    "grpc_max_message_bytes": "largest gRPC message accepted from Falco",
+    "nats_ca": "CA (PEM) that signed the NATS server's certificate (TLS to NATS)",
+    "nats_cert": "client certificate (PEM) for NATS (mutual TLS)",
+    "nats_key": "private key (PEM) of nats_cert",
+    "nats_token": "NATS token (prefer nats_token_file or the environment)",
+    "nats_token_file": "file holding the NATS token",
+    "nats_user": "NATS user name (with nats_password)",
+    "nats_password": "NATS password (prefer nats_password_file or the environment)",
+    "nats_password_file": "file holding the NATS password",
+    "nats_nkey_seed": "file holding the NKey seed (SU...) of the gateway's NATS user",
+    "nats_creds": "NATS credentials file (.creds: user JWT and NKey seed)",
 }
+
+# Secrets given as a value, each of which may come from a file instead (`<key>_file`).
+SECRET_FILE_KEYS = ("http_password", "nats_token", "nats_password")
 
 # falcosidekick's names for the same settings (environment, and YAML after flattening
 # nested keys with dots), so its configuration can be reused unchanged.
@@ -320,6 +446,11 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def split_listen(listen: str, key: str = "listen") -> tuple[str, int]:
+    """(host, port) of a HOST:PORT setting; ConfigError naming `key` otherwise."""
+    return _split_listen(listen, key)
+
+
 def _split_listen(listen: str, key: str = "listen") -> tuple[str, int]:
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -368,6 +499,50 @@ def _check_grpc_address(settings: Settings) -> None:
         path = Path(getattr(settings, key))
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(key, f"cannot read {path}")
+    from gateway.tls import check_ca, check_pair
+
+    check_pair(
+        "grpc_client_cert", settings.grpc_client_cert, "grpc_client_key", settings.grpc_client_key
+    )
+    check_ca("grpc_ca_cert", settings.grpc_ca_cert)
+
+
+def _check_http_security(settings: Settings, check_ca: Any, check_pair: Any) -> None:
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            missing = "tls_key" if settings.tls_cert else "tls_cert"
+            raise ConfigError(missing, "HTTPS needs tls_cert and tls_key")
+        check_pair("tls_cert", settings.tls_cert, "tls_key", settings.tls_key)
+    if settings.tls_client_ca:
+        if not settings.tls_cert:
+            raise ConfigError("tls_client_ca", "client certificates need HTTPS: set tls_cert")
+        check_ca("tls_client_ca", settings.tls_client_ca)
+    has_password = bool(settings.http_password or settings.http_password_file)
+    if bool(settings.http_user) != has_password:
+        key = "http_password" if settings.http_user else "http_user"
+        raise ConfigError(key, "basic auth needs http_user and http_password")
+    if ":" in settings.http_user:
+        raise ConfigError("http_user", "a basic-auth user cannot contain ':'")
+    if settings.health_listen:
+        health = _split_listen(settings.health_listen, "health_listen")
+        if health[1] == settings.listen_port and health[1] != 0:
+            raise ConfigError("health_listen", f"port {health[1]} is already the listen port")
+
+
+def _check_nats_file(key: str, path: str, marker: bytes, check_readable: Any) -> None:
+    from gateway.tls import read_file
+
+    check_readable(key, path)
+    data = read_file(key, path)
+    # A seed file is the seed alone; a .creds file has it after the user's JWT.
+    if not (data.strip().startswith(marker) if marker == b"SU" else marker in data):
+        what = "an NKey user seed (SU...)" if key == "nats_nkey_seed" else "a NATS .creds file"
+        raise ConfigError(key, f"{path} is not {what}")
+    import importlib.util
+
+    # nats-py signs the server's nonce with nkeys, an optional dependency of it.
+    if importlib.util.find_spec("nkeys") is None:
+        raise ConfigError(key, "needs the Python package nkeys (pip install nkeys)")
 
 
 def _check_stream(settings: Settings) -> None:
@@ -403,12 +578,12 @@ def _check_stream(settings: Settings) -> None:
 def _redact(url: str) -> str:
     """A URL without its password or token, for messages."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.username is None and parts.password is None:
+    # Split by hand: urlsplit's .port raises on a bad port, and a traceback would
+    # then print the URL whole.
+    _userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
         return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=f"***@{netloc}").geturl()
+    return parts._replace(netloc=f"***@{hostport}").geturl()
 
 
 def redact(url: str) -> str:

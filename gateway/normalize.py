@@ -18,6 +18,7 @@ import re
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -39,13 +40,38 @@ _DEPRECATED_SOURCES: dict[int, str] = {
     schema_pb2.INTERNAL: "internal",
     schema_pb2.PLUGIN: "plugin",
 }
+# Names that end up in the NATS subject are capped, so that no alert can build a
+# subject past the server's max_control_line (4 KiB by default): a publish over it
+# makes the server close the connection, and the alert would block the spool forever.
+_MAX_NAME_CHARS = {"rule": 1024, "source": 256, "hostname": 256}
+TRUNCATED = "[truncated]"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one alert may carry (max_output_fields, max_field_bytes).
+
+    Too many fields: the alert is rejected (no Falco rule has hundreds; a flood of
+    them is a broken or hostile sender). A value too long (a long command line is
+    real) is cut to `max_field_bytes` and marked with `[truncated]`, as
+    falcosidekick does, so the alert still goes out.
+    """
+
+    max_fields: int = 512
+    max_field_bytes: int = 16384
+
+
+DEFAULT_LIMITS = Limits()
+
 _TEXT_PLAIN_HINT = (
     "Falco sent a plain text line; set `json_output: true` in falco.yaml "
     "(Helm: falco.json_output=true) so that http_output posts JSON"
 )
 
 
-def from_http_body(body: bytes, content_type: str = "application/json") -> FalcoEvent:
+def from_http_body(
+    body: bytes, content_type: str = "application/json", limits: Limits = DEFAULT_LIMITS
+) -> FalcoEvent:
     """The event in one http_output POST body; AlertError (4xx) names what is wrong."""
     if not body.strip():
         raise AlertError("empty body: expected one Falco alert as a JSON object", kind="empty_body")
@@ -67,12 +93,12 @@ def from_http_body(body: bytes, content_type: str = "application/json") -> Falco
         raise AlertError(
             f"expected a JSON object (one Falco alert), got {_json_kind(doc)}", kind="not_an_object"
         )
-    return from_json_object(doc)
+    return from_json_object(doc, limits)
 
 
-def from_json_object(doc: Mapping[str, Any]) -> FalcoEvent:
+def from_json_object(doc: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> FalcoEvent:
     """The event in a decoded Falco JSON alert. Unknown keys are ignored."""
-    rule = _required_text(doc, "rule")
+    rule = _name(_required_text(doc, "rule"), "rule")
     priority_text = _required_text(doc, "priority")
     try:
         priority = Priority.parse(priority_text)
@@ -96,14 +122,14 @@ def from_json_object(doc: Mapping[str, Any]) -> FalcoEvent:
         priority=priority,
         rule=rule,
         output=_optional_text(doc, "output"),
-        source=_optional_text(doc, "source") or "syscall",
-        hostname=_optional_text(doc, "hostname"),
-        tags=_tags(doc.get("tags")),
-        output_fields={key: fields[key] for key in sorted(fields)},
+        source=_name(_optional_text(doc, "source"), "source") or "syscall",
+        hostname=_name(_optional_text(doc, "hostname"), "hostname"),
+        tags=_tags(doc.get("tags"), limits),
+        output_fields=_limited(fields, limits, lambda value: value),
     )
 
 
-def from_grpc(response: outputs_pb2.response) -> FalcoEvent:
+def from_grpc(response: outputs_pb2.response, limits: Limits = DEFAULT_LIMITS) -> FalcoEvent:
     """The event in one `falco.outputs.response`; AlertError if Falco's contract is broken."""
     if not response.HasField("time"):
         raise AlertError("gRPC response without a time", kind="missing_field")
@@ -116,17 +142,64 @@ def from_grpc(response: outputs_pb2.response) -> FalcoEvent:
             f"gRPC response with unknown priority number {response.priority}",
             kind="unknown_priority",
         ) from None
-    fields = response.output_fields
+    if len(response.tags) > limits.max_fields:
+        raise AlertError(_too_many("tags", len(response.tags), limits), 413, "too_many_fields")
     return FalcoEvent(
         time_ns=response.time.seconds * _NS_PER_S + response.time.nanos,
         priority=priority,
-        rule=response.rule,
+        rule=_name(response.rule, "rule"),
         output=response.output,
-        source=response.source or _deprecated_source_name(response.source_deprecated),
-        hostname=response.hostname,
+        source=_name(response.source, "source")
+        or _deprecated_source_name(response.source_deprecated),
+        hostname=_name(response.hostname, "hostname"),
         tags=tuple(response.tags),
-        output_fields={key: grpc_field_value(fields[key]) for key in sorted(fields)},
+        output_fields=_limited(response.output_fields, limits, grpc_field_value),
     )
+
+
+def _limited(fields: Mapping[str, Any], limits: Limits, convert: Any) -> dict[str, FieldValue]:
+    """`fields` sorted by key, within `limits` (see Limits)."""
+    if len(fields) > limits.max_fields:
+        raise AlertError(_too_many("output_fields", len(fields), limits), 413, "too_many_fields")
+    limited: dict[str, FieldValue] = {}
+    for key in sorted(fields):
+        if len(key.encode("utf-8", "surrogatepass")) > limits.max_field_bytes:
+            raise AlertError(
+                f"an output_fields name is longer than {limits.max_field_bytes} bytes "
+                "(max_field_bytes)",
+                413,
+                "field_too_long",
+            )
+        limited[key] = _truncated(convert(fields[key]), limits.max_field_bytes)
+    return limited
+
+
+def _truncated(value: Any, limit: int) -> FieldValue:
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        if len(data) <= limit:
+            return value
+    elif isinstance(value, list | dict):
+        data = orjson.dumps(value)
+        if len(data) <= limit:
+            return value
+    else:
+        return value  # type: ignore[no-any-return]
+    # Cut on a character boundary: the bytes of a split character are dropped.
+    return data[:limit].decode("utf-8", "ignore") + TRUNCATED
+
+
+def _too_many(what: str, count: int, limits: Limits) -> str:
+    return f"{what} has {count} entries, more than {limits.max_fields} (max_output_fields)"
+
+
+def _name(value: str, key: str) -> str:
+    limit = _MAX_NAME_CHARS[key]
+    if len(value) > limit:
+        raise AlertError(
+            f"field {key!r} is {len(value)} characters long, more than {limit}", 413, "too_long"
+        )
+    return value
 
 
 def grpc_field_value(text: str) -> FieldValue:
@@ -180,11 +253,13 @@ def _optional_text(doc: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _tags(value: object) -> tuple[str, ...]:
+def _tags(value: object, limits: Limits) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
         raise AlertError("field 'tags' must be a list of strings", kind="wrong_type")
+    if len(value) > limits.max_fields:
+        raise AlertError(_too_many("tags", len(value), limits), 413, "too_many_fields")
     return tuple(value)
 
 

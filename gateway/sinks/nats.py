@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from gateway.config import redact
 from gateway.errors import StreamError
 from gateway.logs import StateLog, log
 from gateway.spool import SpooledAlert
@@ -99,7 +100,7 @@ class NatsSink:
     async def _connect(self) -> None:
         nc = Client()
         first_error = True
-        self.state.change("connecting", servers=",".join(self.servers))
+        self.state.change("connecting", servers=redact(",".join(self.servers)))
 
         async def error_cb(exc: Exception) -> None:
             nonlocal first_error

@@ -23,7 +23,7 @@ from gateway.backoff import Backoff
 from gateway.errors import AlertError, ConfigError, SpoolFull
 from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from gateway.logs import OncePer, StateLog, log
-from gateway.normalize import from_grpc
+from gateway.normalize import DEFAULT_LIMITS, Limits, from_grpc
 from gateway.pipeline import Pipeline
 
 LOG = logging.getLogger("gateway.grpc")
@@ -68,6 +68,9 @@ class FalcoGrpcSource:
         poll_interval: float = 0.1,
         tls: GrpcTls | None = None,
         backoff: Backoff | None = None,
+        *,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if not address.startswith("unix://") and tls is None:
             raise ConfigError("falco_grpc", f"{address}: TCP needs mutual TLS certificates")
@@ -75,6 +78,12 @@ class FalcoGrpcSource:
         self.pipeline = pipeline
         self.poll_interval = poll_interval
         self.tls = tls
+        self.limits = limits
+        # A larger message ends the stream with RESOURCE_EXHAUSTED instead of being
+        # read into memory; the gateway reconnects and goes on with the next alert.
+        self.channel_options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes)
+        ]
         self.backoff = backoff if backoff is not None else Backoff(initial=0.1, maximum=5.0)
         self.state = StateLog("falco-grpc", LOG)
         self.falco_version = ""
@@ -85,14 +94,14 @@ class FalcoGrpcSource:
         self._requesting.set()
 
     def _channel(self) -> grpc.aio.Channel:
+        options = list(self.channel_options)
         if self.tls is None:
-            return grpc.aio.insecure_channel(self.address)
+            return grpc.aio.insecure_channel(self.address, options=options)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.tls.root_certificates,
             private_key=self.tls.private_key,
             certificate_chain=self.tls.certificate_chain,
         )
-        options = []
         if self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return grpc.aio.secure_channel(self.address, credentials, options=options)
@@ -163,7 +172,7 @@ class FalcoGrpcSource:
 
     async def _handle(self, response: outputs_pb2.response) -> None:
         try:
-            event = from_grpc(response)
+            event = from_grpc(response, self.limits)
         except AlertError as exc:
             self.pipeline.rejected("grpc", exc.kind)
             if self._rejections.first(exc.reason):

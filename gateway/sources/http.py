@@ -13,8 +13,13 @@ on NATS.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import orjson
 from hypercorn.asyncio import serve
@@ -26,7 +31,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from gateway.errors import AlertError, SpoolFull
 from gateway.event import FalcoEvent
 from gateway.logs import OncePer, log
-from gateway.normalize import from_http_body, self_test_event
+from gateway.normalize import DEFAULT_LIMITS, Limits, from_http_body, self_test_event
 from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
 
 LOG = logging.getLogger("gateway.http")
@@ -34,6 +39,40 @@ LOG = logging.getLogger("gateway.http")
 HealthCheck = Callable[[], tuple[bool, str]]
 
 _JSON = "application/json"
+
+# The only paths of the plain-HTTP probe port (health_listen).
+HEALTH_PATHS = frozenset({"/ping", "/healthz", "/readyz", "/metrics"})
+# Paths that need the basic-auth credentials when they are set: the ones that
+# publish. Probes and Prometheus cannot easily send them, and reveal no alert.
+_AUTH_PATHS = frozenset({"/", "/test"})
+
+
+@dataclass(frozen=True)
+class HttpTls:
+    """The listener's certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    user: str
+    password: str
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an Authorization header carries these credentials, compared in
+        constant time (both parts always compared, so timing tells nothing)."""
+        scheme, _, encoded = (header or "").partition(" ")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        user, sep, password = decoded.partition(b":")
+        user_ok = hmac.compare_digest(user, self.user.encode())
+        password_ok = hmac.compare_digest(password, self.password.encode())
+        return scheme.lower() == "basic" and bool(sep) and user_ok and password_ok
 
 
 def _json(status: int, body: bytes) -> Response:
@@ -49,25 +88,62 @@ def create_app(
     health: HealthCheck,
     max_body_bytes: int,
     metrics: Callable[[], bytes] = lambda: b"",
+    *,
+    auth: BasicAuth | None = None,
+    health_port: int | None = None,
+    read_timeout: float = 10.0,
+    max_in_flight: int = 256,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Quart:
     app = Quart("falco-nats-gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    # A slow or stalled client may not hold a connection open for long.
-    app.config["BODY_TIMEOUT"] = 10
+    # A slow or stalled client may not hold a connection open for long: the whole
+    # body must arrive within read_timeout.
+    app.config["BODY_TIMEOUT"] = read_timeout
     rejections = OncePer()
+    in_flight = [0]
+
+    @app.before_request
+    async def guard() -> Response | None:
+        server = request.scope.get("server") or ("", None)
+        if health_port is not None and server[1] == health_port:
+            if request.path not in HEALTH_PATHS:
+                return _error(404, f"{request.path} is not served on the health port")
+            return None
+        if (
+            auth is not None
+            and request.path in _AUTH_PATHS
+            and not auth.allows(request.headers.get("Authorization"))
+        ):
+            pipeline.rejected("http", "unauthorized")
+            response = _error(401, "basic-auth credentials missing or wrong")
+            response.headers["WWW-Authenticate"] = 'Basic realm="falco-nats-gateway"'
+            return response
+        return None
 
     @app.post("/")
     async def alert() -> Response:
-        body = await request.get_data(cache=False)
-        assert isinstance(body, bytes)
+        if in_flight[0] >= max_in_flight:
+            # Bounded memory and event-loop time whatever the number of clients;
+            # the body is not read, so a flood costs little.
+            pipeline.rejected("http", "busy")
+            return _busy(max_in_flight)
+        in_flight[0] += 1
         try:
-            event = from_http_body(body, request.headers.get("Content-Type", _JSON))
-        except AlertError as exc:
-            pipeline.rejected("http", exc.kind)
-            if rejections.first(exc.reason):
-                log(logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason)
-            return _error(exc.status, exc.reason)
-        return _submit(pipeline, event, "http")
+            body = await request.get_data(cache=False)
+            assert isinstance(body, bytes)
+            try:
+                event = from_http_body(body, request.headers.get("Content-Type", _JSON), limits)
+            except AlertError as exc:
+                pipeline.rejected("http", exc.kind)
+                if rejections.first(exc.reason):
+                    log(
+                        logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason
+                    )
+                return _error(exc.status, exc.reason)
+            return _submit(pipeline, event, "http")
+        finally:
+            in_flight[0] -= 1
 
     @app.post("/test")
     async def test() -> Response:
@@ -107,6 +183,12 @@ def create_app(
     return app
 
 
+def _busy(limit: int) -> Response:
+    response = _error(503, f"more than {limit} requests in flight (http_max_in_flight)")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Response:
     try:
         outcome = pipeline.accept(event, path)
@@ -119,20 +201,60 @@ def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Response:
     return _json(200, orjson.dumps({"status": "filtered", "reason": outcome.reason}))
 
 
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def serve_http(
     app: Quart,
     host: str,
     port: int,
     shutdown_trigger: Callable[[], Awaitable[object]],
     graceful_timeout: float,
+    *,
+    tls: HttpTls | None = None,
+    health: tuple[str, int] | None = None,
+    read_timeout: float = 10.0,
 ) -> None:
-    """Serve `app` until `shutdown_trigger` returns; in-flight requests get `graceful_timeout`."""
+    """Serve `app` until `shutdown_trigger` returns; in-flight requests get `graceful_timeout`.
+
+    With `tls`, the listener speaks HTTPS only (and requires a client certificate
+    signed by `tls.client_ca` when that is set); `health` is then a plain-HTTP
+    bind for probes, which the app limits to HEALTH_PATHS.
+    """
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [_bind(host, port)]
+    extra = [_bind(*health)] if health is not None else []
+    if tls is not None:
+        config.certfile = tls.cert
+        config.keyfile = tls.key
+        # An empty password: an encrypted key fails at start instead of prompting.
+        config.keyfile_password = ""
+        if tls.client_ca:
+            config.ca_certs = tls.client_ca
+            config.verify_mode = ssl.CERT_REQUIRED
+        config.insecure_bind = extra
+    else:
+        config.bind += extra
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # Falco's libcurl keeps its connection; don't churn it
-    log(logging.INFO, "http listening", LOG, bind=config.bind[0])
+    # Hypercorn's idle timer runs from the connection's start until a request's
+    # headers are complete, so keep_alive_timeout also bounds a client that trickles
+    # its headers (and h11_max_incomplete_size their size); the body has
+    # BODY_TIMEOUT, the TLS handshake this. Hypercorn's read_timeout is left off:
+    # it would also close Falco's idle keep-alive connection.
+    config.ssl_handshake_timeout = read_timeout
+    scheme = "https" if tls is not None else "http"
+    log(
+        logging.INFO,
+        "http listening",
+        LOG,
+        bind=config.bind[0],
+        scheme=scheme,
+        client_certificates="required" if tls is not None and tls.client_ca else "no",
+        health=extra[0] if extra else "",
+    )
     await serve(app, config, shutdown_trigger=shutdown_trigger)
     await asyncio.sleep(0)
