@@ -81,9 +81,13 @@ async def run_alerts(
     step("falco-nats-gateway tail: what arrives on falco.>, one line per alert")
     tail = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "tail", "--nats-url", nats_url, "--count", str(ALERTS),
+        stderr=asyncio.subprocess.PIPE,
         env=env,
     )  # fmt: skip
-    await asyncio.sleep(0.5)  # let tail subscribe before the first alert
+    assert tail.stderr is not None
+    # The first alert must not go out before tail has subscribed.
+    ready = await asyncio.wait_for(tail.stderr.readline(), 30)
+    print(ready.decode().rstrip(), flush=True)
     step(
         f"Falco simulator: {ALERTS} alerts, alternating gRPC and HTTP; "
         f"every {BOTH_EVERY}th on both paths (as a Falco with both exits on)"

@@ -228,9 +228,9 @@ async def test_tail_command(nats_server: NatsServer, flags: list[str], check: st
         env=subprocess_env(),
     )  # fmt: skip
     bodies = [alert(1), alert(2, "Critical")]
+    assert proc.stderr is not None
+    assert await asyncio.wait_for(proc.stderr.readline(), 30) == b"Subscribing on falco.>\n"
     async with running_gateway(nats_server.url) as gw, gw.client() as http:
-        # tail subscribes asynchronously: post until it has seen both.
-        await asyncio.sleep(1.0)
         for body in bodies:
             assert (await http.post(body)).status == 200
         out, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -116,6 +116,8 @@ async def tail(settings: Settings, args: argparse.Namespace, out: TextIO = sys.s
 
     await nc.subscribe(args.subject, cb=on_msg)
     await nc.flush()
+    # As `nats sub` does; on stderr, so --raw output stays pure. Scripts wait for it.
+    print(f"Subscribing on {args.subject}", file=sys.stderr, flush=True)
     try:
         await done.wait()
     finally:
