@@ -370,6 +370,75 @@ def test_optional_service_monitor_scrapes_metrics_on_the_http_port(mode: str) ->
     ]
 
 
+MUTUAL_TLS: dict[str, Any] = {
+    "tls_cert": {"name": "gateway-tls", "key": "tls.crt"},
+    "tls_key": {"name": "gateway-tls", "key": "tls.key"},
+    "tls_client_ca": {"name": "gateway-tls", "key": "ca.crt"},
+}
+
+
+@pytest.mark.parametrize("mode", ["daemonset", "deployment"])
+def test_with_client_certificates_probes_and_metrics_use_the_health_port_over_http(
+    mode: str,
+) -> None:
+    # The kubelet and Prometheus present no client certificate: everything that only reads
+    # health or metrics moves to health_listen's plain-HTTP port.
+    rendered = render(
+        {
+            "mode": mode,
+            "config": {"health_listen": "0.0.0.0:2802"},
+            "secretFiles": MUTUAL_TLS,
+            "metrics": {"serviceMonitor": {"enabled": True}},
+        }
+    )
+    container = rendered.container
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 2801, "protocol": "TCP"},
+        {"name": "health", "containerPort": 2802, "protocol": "TCP"},
+    ]
+    probes = {
+        name: container[f"{name}Probe"]["httpGet"] for name in ("startup", "liveness", "readiness")
+    }
+    assert probes == {
+        "startup": {"path": "/ping", "port": "health", "scheme": "HTTP"},
+        "liveness": {"path": "/ping", "port": "health", "scheme": "HTTP"},
+        "readiness": {"path": "/readyz", "port": "health", "scheme": "HTTP"},
+    }
+    annotations = rendered.workload["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/scheme"]) == (
+        "2802",
+        "http",
+    )
+    assert rendered.one("ServiceMonitor")["spec"]["endpoints"] == [
+        {"port": "health", "path": "/metrics", "scheme": "http", "interval": "30s"}
+    ]
+    # Falco still posts to the HTTPS port; the Service also names the health port, which the
+    # ServiceMonitor selects by name.
+    ports = {p["name"]: p for p in rendered.one("Service")["spec"]["ports"]}
+    assert ports["http"]["targetPort"] == "http"
+    assert (ports["health"]["port"], ports["health"]["targetPort"]) == (2802, "health")
+    assert rendered.env_values()["GATEWAY_HEALTH_LISTEN"] == "0.0.0.0:2802"
+
+
+def test_health_port_is_the_one_the_gateway_opens() -> None:
+    # Without TLS too: set, health_listen is where the probes go, and the gateway's own
+    # loader reads the same port from the chart's environment.
+    rendered = render({"config": {"health_listen": "[::]:9102", "listen": "[::]:9000"}})
+    settings = load_gateway_settings(rendered)
+    declared = {p["name"]: p["containerPort"] for p in rendered.container["ports"]}
+    assert declared == {"http": 9000, "health": 9102}
+    assert gateway_config.split_listen(settings.health_listen)[1] == declared["health"]
+    assert rendered.container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert rendered.container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_without_health_listen_there_is_no_health_port() -> None:
+    rendered = render({"config": {"health_listen": None}})
+    assert [p["name"] for p in rendered.container["ports"]] == ["http"]
+    assert [p["name"] for p in rendered.one("Service")["spec"]["ports"]] == ["http"]
+    assert "GATEWAY_HEALTH_LISTEN" not in rendered.env()
+
+
 # --- the spool volume -------------------------------------------------------------------------
 
 SPOOL_DIR = "/var/spool/falco-nats-gateway"
@@ -485,6 +554,27 @@ def test_shutdown_fits_in_the_grace_period() -> None:
         ),
         ({"daemonset": {"falcoGrpcSocket": "/run/falco/falco.sock"}}, "falcoGrpcSocket"),
         ({"config": {"nats_url": {"host": "nats"}}}, "nats_url"),
+        (
+            {"secretFiles": MUTUAL_TLS},
+            "tls_client_ca: client certificates on the HTTP port would fail every probe",
+        ),
+        (
+            {
+                "config": {
+                    "tls_cert": "/etc/tls/tls.crt",
+                    "tls_key": "/etc/tls/tls.key",
+                    "tls_client_ca": "/etc/tls/ca.crt",
+                    "health_listen": "",
+                }
+            },
+            "set config.health_listen",
+        ),
+        (
+            {"config": {"health_listen": "0.0.0.0:2801"}},
+            "port 2801 is already the port of config.listen",
+        ),
+        ({"config": {"health_listen": "0.0.0.0:0"}}, "the port must be 1 to 65535"),
+        ({"config": {"health_listen": "2802"}}, "/config/health_listen"),
     ],
 )
 def test_refused_values_name_the_problem(values: dict[str, Any], message: str) -> None:

@@ -41,19 +41,54 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The port of config.listen: the container port, probes and Service target follow it. */}}
-{{- define "falco-nats-gateway.httpPort" -}}
-{{- $listen := toString (required "config.listen is required (HOST:PORT)" .Values.config.listen) }}
+{{/* The port of a HOST:PORT setting, given as (list "<key>" <value> "<example>"). */}}
+{{- define "falco-nats-gateway.listenPort" -}}
+{{- $key := index . 0 }}
+{{- $listen := toString (index . 1) }}
 {{- $port := regexFind "[0-9]+$" $listen }}
 {{- if or (not $port) (not (contains ":" $listen)) }}
-{{- fail (printf "config.listen: %q is not HOST:PORT (for example 0.0.0.0:2801)" $listen) }}
+{{- fail (printf "config.%s: %q is not HOST:PORT (for example %s)" $key $listen (index . 2)) }}
 {{- end }}
-{{- $port }}
+{{- if or (lt (int $port) 1) (gt (int $port) 65535) }}
+{{- fail (printf "config.%s: %q: the port must be 1 to 65535, a container port" $key $listen) }}
+{{- end }}
+{{- int $port }}
+{{- end }}
+
+{{/* The port of config.listen: the container port, probes and Service target follow it. */}}
+{{- define "falco-nats-gateway.httpPort" -}}
+{{- $listen := required "config.listen is required (HOST:PORT)" .Values.config.listen }}
+{{- include "falco-nats-gateway.listenPort" (list "listen" $listen "0.0.0.0:2801") }}
+{{- end }}
+
+{{/* The port of config.health_listen (plain HTTP, health and metrics only); empty when off. */}}
+{{- define "falco-nats-gateway.healthPort" -}}
+{{- with .Values.config.health_listen }}
+{{- include "falco-nats-gateway.listenPort" (list "health_listen" . "0.0.0.0:2802") }}
+{{- end }}
 {{- end }}
 
 {{/* HTTPS once the gateway has a server certificate. */}}
 {{- define "falco-nats-gateway.httpScheme" -}}
 {{- if or (hasKey .Values.secretFiles "tls_cert") .Values.config.tls_cert }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+
+{{/* Client certificates required on the HTTP port (Falco's http_output mtls). */}}
+{{- define "falco-nats-gateway.clientCerts" -}}
+{{- if or (hasKey .Values.secretFiles "tls_client_ca") .Values.config.tls_client_ca }}true{{ end }}
+{{- end }}
+
+{{/*
+Where the kubelet and Prometheus ask: the health port over plain HTTP when config.health_listen
+is set (they cannot present a client certificate, nor need the alert port's TLS), otherwise the
+HTTP port with its scheme. Returns a dict: name, port, scheme.
+*/}}
+{{- define "falco-nats-gateway.probeTarget" -}}
+{{- with include "falco-nats-gateway.healthPort" . }}
+{{- dict "name" "health" "port" (int .) "scheme" "HTTP" | toJson }}
+{{- else }}
+{{- dict "name" "http" "port" (include "falco-nats-gateway.httpPort" . | int) "scheme" (include "falco-nats-gateway.httpScheme" .) | toJson }}
+{{- end }}
 {{- end }}
 
 {{/* Falco's gRPC unix socket path, when the pod reads it (DaemonSet mode); else empty. */}}
@@ -189,6 +224,13 @@ leaving Kubernetes to pick one.
 {{- $configured := .Values.config.shutdown_timeout }}
 {{- if not (or (kindIs "invalid" $configured) (eq (toString $configured) "")) }}
 {{- $shutdown = float64 $configured }}
+{{- end }}
+{{- $health := include "falco-nats-gateway.healthPort" . }}
+{{- if and (include "falco-nats-gateway.clientCerts" .) (not $health) }}
+{{- fail "tls_client_ca: client certificates on the HTTP port would fail every probe (the kubelet, like Prometheus, presents none); set config.health_listen (for example 0.0.0.0:2802), a plain-HTTP port for the probes and /metrics" }}
+{{- end }}
+{{- if and $health (eq $health (include "falco-nats-gateway.httpPort" .)) }}
+{{- fail (printf "config.health_listen: port %s is already the port of config.listen; give it its own port" $health) }}
 {{- end }}
 {{- $needed := addf $shutdown (float64 .Values.preStopSleepSeconds) }}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) $needed }}

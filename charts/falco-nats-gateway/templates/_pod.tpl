@@ -2,7 +2,8 @@
 {{- define "falco-nats-gateway.podTemplate" -}}
 {{- $socket := include "falco-nats-gateway.falcoSocket" . }}
 {{- $port := include "falco-nats-gateway.httpPort" . | int }}
-{{- $scheme := include "falco-nats-gateway.httpScheme" . }}
+{{- $health := include "falco-nats-gateway.healthPort" . }}
+{{- $probe := include "falco-nats-gateway.probeTarget" . | fromJson }}
 metadata:
   labels:
     {{- include "falco-nats-gateway.selectorLabels" . | nindent 4 }}
@@ -13,9 +14,9 @@ metadata:
   annotations:
     {{- if .Values.metrics.podAnnotations }}
     prometheus.io/scrape: "true"
-    prometheus.io/port: {{ $port | quote }}
+    prometheus.io/port: {{ $probe.port | int | quote }}
     prometheus.io/path: {{ .Values.metrics.path | quote }}
-    prometheus.io/scheme: {{ lower $scheme | quote }}
+    prometheus.io/scheme: {{ lower $probe.scheme | quote }}
     {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -52,18 +53,24 @@ spec:
         - name: http
           containerPort: {{ $port }}
           protocol: TCP
+        {{- with $health }}
+        # config.health_listen: /ping, /healthz, /readyz and /metrics only, plain HTTP.
+        - name: health
+          containerPort: {{ . }}
+          protocol: TCP
+        {{- end }}
       env:
         {{- include "falco-nats-gateway.env" . | trim | nindent 8 }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- range $probe := list "startup" "liveness" "readiness" }}
-      {{- with index $.Values.probes $probe }}
-      {{ $probe }}Probe:
+      {{- range $name := list "startup" "liveness" "readiness" }}
+      {{- with index $.Values.probes $name }}
+      {{ $name }}Probe:
         httpGet:
           path: {{ .path }}
-          port: http
-          scheme: {{ $scheme }}
+          port: {{ $probe.name }}
+          scheme: {{ $probe.scheme }}
         periodSeconds: {{ .periodSeconds }}
         timeoutSeconds: {{ .timeoutSeconds }}
         failureThreshold: {{ .failureThreshold }}
