@@ -9,13 +9,16 @@ PYTEST_ARGS ?=
 IMAGE ?= falco-nats-gateway
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 
-.PHONY: help venv proto demo test lint unit k8s image clean
+BENCH_ARGS ?=
+
+.PHONY: help venv proto demo test lint unit k8s image bench clean
 
 help:
 	@echo "make demo    the whole pipeline on this machine: nats-server, gateway, Falco simulator"
 	@echo "make test    install everything, generate stubs, lint, run the test suite"
 	@echo "make lint    ruff and mypy (strict on hand-written code)"
 	@echo "make proto   regenerate gateway/falco_pb/ from proto/"
+	@echo "make bench   the benchmark: ceilings, the gateway, ratios (a few minutes)"
 	@echo "make k8s     check the chart, values files, Dockerfile and demo script (no cluster)"
 	@echo "make image   build the container image (needs a Docker engine)"
 	@echo "scripts/minikube-demo.sh [--falco 0.44] [--dry-run]   the demo on a real cluster"
@@ -49,6 +52,11 @@ lint: $(PROTO_OUT)
 
 unit: $(PROTO_OUT)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Ceilings and the gateway on this machine: a table on stdout, JSON in bench-results/
+# (BENCH_ARGS="--scale 0.5" for a shorter run; see the README's Performance section).
+bench: $(PROTO_OUT)
+	$(PY) -m bench $(BENCH_ARGS)
 
 k8s: $(PROTO_OUT)
 	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
