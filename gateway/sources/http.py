@@ -240,6 +240,9 @@ async def serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # Falco's libcurl keeps its connection; don't churn it
+    # Hypercorn closes a keep-alive connection after 1,000 requests by default, which
+    # makes every Falco reconnect (and re-handshake TLS) every 1,000 alerts.
+    config.keep_alive_max_requests = 1_000_000
     # Hypercorn's idle timer runs from the connection's start until a request's
     # headers are complete, so keep_alive_timeout also bounds a client that trickles
     # its headers (and h11_max_incomplete_size their size); the body has
