@@ -20,13 +20,17 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.typing import ASGIReceiveCallable as Receive
+from hypercorn.typing import ASGISendCallable as Send
+from hypercorn.typing import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Scope
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from gateway.errors import AlertError, SpoolFull
 from gateway.event import FalcoEvent
@@ -75,12 +79,49 @@ class BasicAuth:
         return scheme.lower() == "basic" and bool(sep) and user_ok and password_ok
 
 
-def _json(status: int, body: bytes) -> Response:
-    return Response(body, status=status, content_type=_JSON)
+class AlertIntake:
+    """Read one alert and answer it: the in-flight cap, parsing, counting, spooling.
 
+    The one implementation behind `POST /`, whichever way the request came: the
+    ASGI fast path (`HttpApp`) or the Quart route. Each gives it a way to read the
+    body; reading raises werkzeug's RequestEntityTooLarge or RequestTimeout, which
+    `http_error` answers.
+    """
 
-def _error(status: int, reason: str) -> Response:
-    return _json(status, orjson.dumps({"error": reason}))
+    def __init__(self, pipeline: Pipeline, max_in_flight: int, limits: Limits) -> None:
+        self.pipeline = pipeline
+        self.max_in_flight = max_in_flight
+        self.limits = limits
+        self.in_flight = 0
+        self.rejections = OncePer()
+
+    async def answer(self, read_body: Callable[[], Awaitable[bytes]], content_type: str) -> Answer:
+        if self.in_flight >= self.max_in_flight:
+            # Bounded memory and event-loop time whatever the number of clients;
+            # the body is not read, so a flood costs little.
+            self.pipeline.rejected("http", "busy")
+            return _busy(self.max_in_flight)
+        self.in_flight += 1
+        try:
+            body = await read_body()
+            try:
+                event = from_http_body(body, content_type, self.limits)
+            except AlertError as exc:
+                self.pipeline.rejected("http", exc.kind)
+                if self.rejections.first(exc.reason):
+                    log(
+                        logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason
+                    )
+                return _error(exc.status, exc.reason)
+            return _submit(self.pipeline, event, "http")
+        finally:
+            self.in_flight -= 1
+
+    def http_error(self, exc: HTTPException, method: str, path: str, max_body_bytes: int) -> Answer:
+        if isinstance(exc, RequestEntityTooLarge):
+            self.pipeline.rejected("http", "too_large")
+            return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
+        return _error(exc.code or 400, f"{exc.name}: {method} {path}")
 
 
 def create_app(
@@ -94,21 +135,21 @@ def create_app(
     read_timeout: float = 10.0,
     max_in_flight: int = 256,
     limits: Limits = DEFAULT_LIMITS,
-) -> Quart:
+) -> HttpApp:
+    """The HTTP source's ASGI app: `POST /` on a fast path, everything else in Quart."""
+    intake = AlertIntake(pipeline, max_in_flight, limits)
     app = Quart("falco-nats-gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # A slow or stalled client may not hold a connection open for long: the whole
     # body must arrive within read_timeout.
     app.config["BODY_TIMEOUT"] = read_timeout
-    rejections = OncePer()
-    in_flight = [0]
 
     @app.before_request
     async def guard() -> Response | None:
         server = request.scope.get("server") or ("", None)
         if health_port is not None and server[1] == health_port:
             if request.path not in HEALTH_PATHS:
-                return _error(404, f"{request.path} is not served on the health port")
+                return _error(404, f"{request.path} is not served on the health port").response()
             return None
         if (
             auth is not None
@@ -116,38 +157,28 @@ def create_app(
             and not auth.allows(request.headers.get("Authorization"))
         ):
             pipeline.rejected("http", "unauthorized")
-            response = _error(401, "basic-auth credentials missing or wrong")
-            response.headers["WWW-Authenticate"] = 'Basic realm="falco-nats-gateway"'
-            return response
+            return _error(
+                401,
+                "basic-auth credentials missing or wrong",
+                (("WWW-Authenticate", 'Basic realm="falco-nats-gateway"'),),
+            ).response()
         return None
 
     @app.post("/")
     async def alert() -> Response:
-        if in_flight[0] >= max_in_flight:
-            # Bounded memory and event-loop time whatever the number of clients;
-            # the body is not read, so a flood costs little.
-            pipeline.rejected("http", "busy")
-            return _busy(max_in_flight)
-        in_flight[0] += 1
-        try:
+        # Reached only when HttpApp delegates (or Quart is served on its own); the
+        # route also keeps `GET /` a 405, as before.
+        async def read() -> bytes:
             body = await request.get_data(cache=False)
             assert isinstance(body, bytes)
-            try:
-                event = from_http_body(body, request.headers.get("Content-Type", _JSON), limits)
-            except AlertError as exc:
-                pipeline.rejected("http", exc.kind)
-                if rejections.first(exc.reason):
-                    log(
-                        logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason
-                    )
-                return _error(exc.status, exc.reason)
-            return _submit(pipeline, event, "http")
-        finally:
-            in_flight[0] -= 1
+            return body
+
+        answer = await intake.answer(read, request.headers.get("Content-Type", _JSON))
+        return answer.response()
 
     @app.post("/test")
     async def test() -> Response:
-        return _submit(pipeline, self_test_event(), "test")
+        return _submit(pipeline, self_test_event(), "test").response()
 
     @app.get("/ping")
     async def ping() -> Response:
@@ -157,8 +188,8 @@ def create_app(
     async def healthz() -> Response:
         ok, reason = health()
         if ok:
-            return _json(200, b'{"status": "ok"}')
-        return _json(503, orjson.dumps({"status": "unavailable", "reason": reason}))
+            return _json(200, b'{"status": "ok"}').response()
+        return _json(503, orjson.dumps({"status": "unavailable", "reason": reason})).response()
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -170,26 +201,161 @@ def create_app(
         # the spool has room: a readiness probe on /healthz would take the gateway
         # out of its Service exactly when Falco most needs it to accept and spool.
         if not pipeline.spool.has_room():
-            return _json(503, b'{"status": "refusing", "reason": "spool full"}')
-        return _json(200, b'{"status": "accepting"}')
+            return _json(503, b'{"status": "refusing", "reason": "spool full"}').response()
+        return _json(200, b'{"status": "accepting"}').response()
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestEntityTooLarge):
-            pipeline.rejected("http", "too_large")
-            return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
-        return _error(exc.code or 400, f"{exc.name}: {request.method} {request.path}")
+        return intake.http_error(exc, request.method, request.path, max_body_bytes).response()
 
-    return app
-
-
-def _busy(limit: int) -> Response:
-    response = _error(503, f"more than {limit} requests in flight (http_max_in_flight)")
-    response.headers["Retry-After"] = "1"
-    return response
+    return HttpApp(
+        app,
+        intake,
+        max_body_bytes,
+        auth=auth,
+        health_port=health_port,
+        read_timeout=read_timeout,
+    )
 
 
-def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Response:
+class HttpApp:
+    """ASGI app that answers `POST /` itself and hands everything else to Quart.
+
+    Quart's request and response machinery costs about as much per alert as the
+    whole rest of the gateway, and Falco's output thread waits for every answer.
+    Only the common case is taken here (the main port, credentials good or not
+    required); the health port and an auth failure go to Quart, whose guard
+    already answers them, so those rules live in one place.
+    """
+
+    def __init__(
+        self,
+        quart: Quart,
+        intake: AlertIntake,
+        max_body_bytes: int,
+        *,
+        auth: BasicAuth | None,
+        health_port: int | None,
+        read_timeout: float,
+    ) -> None:
+        self.quart = quart
+        self.intake = intake
+        self.max_body_bytes = max_body_bytes
+        self.auth = auth
+        self.health_port = health_port
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
+            server = scope.get("server") or ("", None)
+            if self.health_port is None or server[1] != self.health_port:
+                headers = _headers(scope)
+                if self.auth is None or self.auth.allows(headers.get(b"authorization")):
+                    await self._alert(headers, receive, send)
+                    return
+        await self.quart(scope, receive, send)
+
+    async def _alert(self, headers: dict[bytes, str], receive: Receive, send: Send) -> None:
+        async def read() -> bytes:
+            return await self._read_body(headers, receive)
+
+        try:
+            answer = await self.intake.answer(read, headers.get(b"content-type", _JSON))
+        except _Disconnected:
+            return
+        except HTTPException as exc:
+            answer = self.intake.http_error(exc, "POST", "/", self.max_body_bytes)
+        await answer.send(send)
+
+    async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+        """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it."""
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise RequestEntityTooLarge()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected()
+                    chunk = cast("bytes", message.get("body", b""))
+                    if chunk:
+                        size += len(chunk)
+                        # Also for a chunked body, which announces no length.
+                        if size > self.max_body_bytes:
+                            raise RequestEntityTooLarge()
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived: there is no one to answer."""
+
+
+def _headers(scope: HTTPScope) -> dict[bytes, str]:
+    """Request headers by lower-case name, the first of repeated ones (as Quart's `get`)."""
+    headers: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.lower(), value.decode("latin-1"))
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer either front end can send: status, body, extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> Response:
+        response = Response(self.body, status=self.status, content_type=self.content_type)
+        for name, value in self.headers:
+            response.headers[name] = value
+        return response
+
+    async def send(self, send: Send) -> None:
+        raw = [
+            (b"content-type", self.content_type.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        raw += [(name.lower().encode(), value.encode()) for name, value in self.headers]
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": self.status,
+            "headers": raw,
+        }
+        await send(start)
+        body: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": self.body,
+            "more_body": False,
+        }
+        await send(body)
+
+
+def _json(status: int, body: bytes) -> Answer:
+    return Answer(status, body)
+
+
+def _error(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Answer:
+    return Answer(status, orjson.dumps({"error": reason}), headers=headers)
+
+
+def _busy(limit: int) -> Answer:
+    return _error(
+        503, f"more than {limit} requests in flight (http_max_in_flight)", (("Retry-After", "1"),)
+    )
+
+
+def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Answer:
     try:
         outcome = pipeline.accept(event, path)
     except SpoolFull as exc:
@@ -206,7 +372,7 @@ def _bind(host: str, port: int) -> str:
 
 
 async def serve_http(
-    app: Quart,
+    app: HttpApp,
     host: str,
     port: int,
     shutdown_trigger: Callable[[], Awaitable[object]],
