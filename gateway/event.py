@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,25 @@ _BY_NAME = {p.name.lower(): p for p in Priority} | {"info": Priority.INFORMATION
 # Fixed namespace of the gateway's alert ids (UUIDv5), so every gateway and every
 # restart derives the same id for the same alert.
 ALERT_ID_NAMESPACE = uuid.UUID("8f3b2a4e-5c1d-4e7f-9a60-3d2c1b0e4f57")
+# SHA-1 already fed with the namespace: each id only hashes its own key. UUIDv5 is
+# defined on SHA-1; it names alerts, it protects nothing.
+_NAMESPACE_SHA1 = hashlib.sha1(ALERT_ID_NAMESPACE.bytes, usedforsecurity=False)
+
+
+def uuid5_text(key: str) -> str:
+    """str(uuid.uuid5(ALERT_ID_NAMESPACE, key)), without building UUID objects.
+
+    Every alert gets an id on the hot path, and uuid.uuid5 goes through an int
+    and the UUID constructor's checks; the bytes and the text are the same (the
+    unit tests compare the two).
+    """
+    sha1 = _NAMESPACE_SHA1.copy()
+    sha1.update(key.encode())
+    raw = bytearray(sha1.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +102,4 @@ class FalcoEvent:
         `source` are missing from older Falco JSON, so none of them take part.
         """
         key = f"{self.time_ns}\x1f{self.priority.canonical}\x1f{self.rule}"
-        return str(uuid.uuid5(ALERT_ID_NAMESPACE, key))
+        return uuid5_text(key)

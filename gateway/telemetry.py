@@ -102,28 +102,53 @@ class Telemetry:
         for path in ("http", "grpc"):
             for outcome in KINDS:
                 self._alerts.labels(path, outcome)
+        self._bound: dict[tuple[str, str], tuple[PromCounter, ...]] = {}
+        self._priority_bound: dict[tuple[str, str], PromCounter] = {}
+        self._reason_bound: dict[tuple[str, str], PromCounter] = {}
 
     def add(self, kind: str, path: str, n: int = 1) -> None:
         """Count `n` alerts of `path` that met `kind` (one of KINDS)."""
         self.counts[kind][path] += n
-        self._alerts.labels(path, kind).inc(n)
+        children = self._bound.get((kind, path))
+        if children is None:
+            children = self._bound[kind, path] = self._bind(kind, path)
+        for child in children:
+            child.inc(n)
+
+    def _bind(self, kind: str, path: str) -> tuple[PromCounter, ...]:
+        """The Prometheus series one (kind, path) event increments.
+
+        Bound on first use and kept: `.labels()` costs a lock and a tuple lookup
+        per call, several times per alert. Bound lazily rather than up front, so
+        /metrics shows the same series as before (the keys are few: KINDS x paths).
+        """
+        children = [self._alerts.labels(path, kind)]
         status = _INPUT_STATUS.get(kind)
         if status is not None:
-            self._inputs.labels(_INPUT_SOURCE.get(path, path), status).inc(n)
+            children.append(self._inputs.labels(_INPUT_SOURCE.get(path, path), status))
         elif kind == "published":
-            self._outputs.labels("nats", "ok").inc(n)
+            children.append(self._outputs.labels("nats", "ok"))
         elif kind in {"undeliverable", "expired"}:
-            self._outputs.labels("nats", "error").inc(n)
+            children.append(self._outputs.labels("nats", "error"))
+        return tuple(children)
 
     def received(self, path: str, priority: str, rule: str) -> None:
         self.add("received", path)
-        self._by_priority.labels(path, priority).inc()
+        # Paths and Falco's eight priorities: a small, fixed set of keys.
+        child = self._priority_bound.get((path, priority))
+        if child is None:
+            child = self._priority_bound[path, priority] = self._by_priority.labels(path, priority)
+        child.inc()
         if self._by_rule is not None:
             self._by_rule.labels(rule, priority).inc()
 
     def rejected(self, path: str, reason: str) -> None:
         self.add("rejected", path)
-        self._rejections.labels(path, reason).inc()
+        # Reasons are AlertError kinds and the HTTP guard's: a fixed set.
+        child = self._reason_bound.get((path, reason))
+        if child is None:
+            child = self._reason_bound[path, reason] = self._rejections.labels(path, reason)
+        child.inc()
 
     def publish_failed(self) -> None:
         self._publish_failures.inc()
