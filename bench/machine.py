@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.procs import REPO, nats_server_binary
+from bench.procs import REPO
+from gateway.simulator.nats_server import nats_server_binary
 
 PACKAGES = ("nats-py", "grpcio", "protobuf", "hypercorn", "quart", "uvloop", "orjson")
 

