@@ -760,8 +760,8 @@ class Bench:
     # --- profile ----------------------------------------------------------------------
 
     async def profile(self) -> None:
-        """py-spy samples of the gateway while it takes HTTP at 16 connections, then a
-        gRPC burst; the collapsed stacks go to the results folder, a summary to the report."""
+        """py-spy samples of the gateway while it takes HTTP at 1 and at 16 connections,
+        then a gRPC burst; the collapsed stacks go to the results folder, a summary to the report."""
         tool = py_spy()
         if tool is None:
             self.warnings.append(
@@ -779,6 +779,7 @@ class Bench:
             self.collector(server.url) as col,
         ):
             for name, what in (
+                ("http1", "gateway, HTTP, 1 connection"),
                 ("http16", "gateway, HTTP, 16 connections"),
                 ("grpc", "gateway, gRPC burst"),
             ):
@@ -788,9 +789,10 @@ class Bench:
                 spy = await Child(f"py-spy-{name}", argv, self.workdir).start()
                 await asyncio.sleep(1)  # py-spy attaches
                 col.reset()
-                if name == "http16":
+                if name.startswith("http"):
+                    connections = int(name.removeprefix("http"))
                     count = s.http_requests * 2
-                    await load.run(gw.port, 16, count)
+                    await load.run(gw.port, connections, count)
                 else:
                     count = s.grpc_alerts
                     await feed.burst(count)

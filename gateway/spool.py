@@ -1,10 +1,16 @@
 """The spool: every accepted alert, in arrival order, until NATS has it.
 
-An SQLite database in WAL mode (`spool_dir/spool.db`), or the same schema in
-memory when no `spool_dir` is set. An alert is written here before the source
-answers Falco, and deleted only after NATS has it (a JetStream ack, or a core
-flush). So an alert the gateway accepted survives NATS outages and, with a
-`spool_dir`, the gateway being killed.
+An alert is put here before the source answers Falco, and forgotten only
+after NATS has it (a JetStream ack, or a core flush). So an alert the gateway
+accepted survives NATS outages and, with a `spool_dir`, the gateway being
+killed.
+
+Without `spool_dir` the spool is a list in memory (bounded by
+`spool_max_bytes`, lost with the process). With one, every alert is also
+written to an SQLite database in WAL mode (`spool_dir/spool.db`) before the
+source answers; the latest alerts stay in memory as well, so the publisher
+does not read back what was just written, and reads the database only after
+a restart or an outage longer than the memory cache holds.
 
 Durability (`spool_sync`): `normal` (default) commits each alert to the WAL
 without fsync: it survives the process being killed (SIGKILL, OOM kill), not
@@ -20,7 +26,9 @@ write() to a log file.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -35,6 +43,10 @@ from gateway.errors import ConfigError, SpoolFull
 from gateway.logs import log
 
 LOG = logging.getLogger("gateway.spool")
+
+# Fresh alerts kept in memory next to the database, so the publisher does not read
+# them back; past this (a long outage) it reads from the database instead.
+CACHE_BYTES = 16 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -66,33 +78,52 @@ class SpooledAlert:
 
 class Spool:
     def __init__(
-        self, directory: str = "", max_bytes: int = 128 * 1024 * 1024, sync: str = "normal"
+        self,
+        directory: str = "",
+        max_bytes: int = 128 * 1024 * 1024,
+        sync: str = "normal",
+        *,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.max_bytes = max_bytes
         self.location = ":memory:"
+        self.count = 0
+        self.bytes = 0
         self._lock: int | None = None
+        self._db: sqlite3.Connection | None = None
+        self._last_seq = 0
+        # Without a database the list is the spool itself (never let go of: the
+        # max_bytes check bounds it); with one it is a read cache of what came lately.
+        self._cache = _Recent(cache_bytes if directory else None)
         if directory:
-            folder = Path(directory)
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
-            self._lock = _lock(folder)
-            self.location = str(folder / "spool.db")
+            self._open(Path(directory), sync)
+
+    def _open(self, folder: Path, sync: str) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
+        self._lock = _lock(folder)
+        self.location = str(folder / "spool.db")
         try:
             # isolation_level=None: autocommit; each statement is its own transaction.
-            self._db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            self._db.execute(_SCHEMA)
-            count, size = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool"
+            db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            db.execute(_SCHEMA)
+            count, size, last = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool"
             ).fetchone()
         except sqlite3.Error as exc:
             raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+        self._db = db
         self.count = int(count)
         self.bytes = int(size)
+        self._last_seq = int(last)
         if self.count:
+            # What was spooled before the restart is read from the database until
+            # the publisher has caught up with it.
+            self._cache.invalidate()
             log(
                 logging.INFO,
                 "spool recovered",
@@ -104,25 +135,37 @@ class Spool:
 
     @property
     def durable(self) -> bool:
-        return self.location != ":memory:"
+        return self._db is not None
 
     def append(self, path: str, subject: str, headers: dict[str, str], payload: bytes) -> int:
         """Store one alert; SpoolFull if it would pass `max_bytes`. Returns its sequence number."""
-        header_bytes = orjson.dumps(headers)
-        size = len(payload) + len(header_bytes) + len(subject.encode())
+        # What the alert takes in the spool and on the wire, give or take a few bytes
+        # of framing: the headers are short ASCII names and ids.
+        size = (
+            len(payload)
+            + len(subject.encode())
+            + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        )
         if self.bytes + size > self.max_bytes:
             raise SpoolFull(
                 f"spool full: {self.count} alerts, {self.bytes} of {self.max_bytes} bytes "
                 "(spool_max_bytes); NATS is not taking alerts fast enough"
             )
-        cursor = self._db.execute(
-            "INSERT INTO spool (accepted_ns, path, subject, headers, payload, size) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time_ns(), path, subject, header_bytes, payload, size),
-        )
+        accepted_ns = time.time_ns()
+        if self._db is None:
+            seq = self._last_seq + 1
+        else:
+            cursor = self._db.execute(
+                "INSERT INTO spool (accepted_ns, path, subject, headers, payload, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (accepted_ns, path, subject, orjson.dumps(headers), payload, size),
+            )
+            seq = int(cursor.lastrowid or 0)
+        self._last_seq = seq
         self.count += 1
         self.bytes += size
-        return int(cursor.lastrowid or 0)
+        self._cache.add(SpooledAlert(seq, accepted_ns, path, subject, headers, payload, size))
+        return seq
 
     def has_room(self, margin: int = 64 * 1024) -> bool:
         """Room for at least `margin` more bytes: for readiness, not for admission."""
@@ -130,41 +173,141 @@ class Spool:
 
     def read(self, after: int, limit: int) -> list[SpooledAlert]:
         """Up to `limit` alerts with a sequence number above `after`, oldest first."""
+        if self._db is None or self._cache.covers(after):
+            return self._cache.read(after, limit)
         rows = self._db.execute(
             "SELECT seq, accepted_ns, path, subject, headers, payload, size FROM spool "
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
-        return [
+        alerts = [
             SpooledAlert(
                 seq, accepted_ns, path, subject, orjson.loads(headers), bytes(payload), size
             )
             for seq, accepted_ns, path, subject, headers, payload, size in rows
         ]
+        if len(alerts) < limit:
+            # The publisher has caught up with the database: from here on the
+            # cache holds everything after `after` again.
+            self._cache.restart(alerts, after)
+        return alerts
 
     def delete(self, alerts: Iterable[SpooledAlert]) -> None:
         """Forget alerts NATS has (or that expired)."""
         batch = list(alerts)
         if not batch:
             return
-        with self._db:  # one transaction for the batch
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM spool WHERE seq = ?", [(a.seq,) for a in batch])
+        self._cache.remove(batch)
+        if self._db is not None:
+            first, last = batch[0].seq, batch[-1].seq
+            with self._db:  # one transaction for the batch
+                self._db.execute("BEGIN")
+                if last - first + 1 == len(batch):
+                    # The usual case, a run of consecutive alerts: one range delete.
+                    self._db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (first, last))
+                else:
+                    self._db.executemany(
+                        "DELETE FROM spool WHERE seq = ?", [(a.seq,) for a in batch]
+                    )
         self.count -= len(batch)
         self.bytes -= sum(a.size for a in batch)
 
     def alert_ids(self) -> list[str]:
         """Ids of everything spooled, so a restarted gateway still knows them as seen."""
+        if self._db is None:
+            return [a.alert_id for a in self._cache.read(0, self.count)]
         return [
             orjson.loads(h).get("Nats-Msg-Id", "")
             for (h,) in self._db.execute("SELECT headers FROM spool")
         ]
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+class _Recent:
+    """The latest spooled alerts in memory, in sequence order, so the publisher
+    hands fresh alerts to NATS without reading back what was just written.
+
+    Valid ("covering") from `floor` on: every spooled alert with a higher
+    sequence number is here. Past `limit` bytes (a long NATS outage with a
+    database behind) it lets go of everything and the spool reads from the
+    database until the publisher has caught up; `limit` None: never.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._items: list[SpooledAlert] = []
+        self._head = 0  # items before it are gone; compacted now and then
+        self._gone: set[int] = set()  # deleted out of order, still in _items
+        self._floor: int | None = 0  # None: not covering
+
+    def covers(self, after: int) -> bool:
+        return self._floor is not None and after >= self._floor
+
+    def invalidate(self) -> None:
+        self._items = []
+        self._head = 0
+        self._gone.clear()
+        self.bytes = 0
+        self._floor = None
+
+    def restart(self, alerts: list[SpooledAlert], after: int) -> None:
+        """`alerts` are all there is after `after`: cover from there."""
+        self.invalidate()
+        self._floor = after
+        for alert in alerts:
+            self.add(alert)
+
+    def add(self, alert: SpooledAlert) -> None:
+        if self._floor is None:
+            return
+        if self.limit is not None and self.bytes + alert.size > self.limit:
+            self.invalidate()
+            return
+        self._items.append(alert)
+        self.bytes += alert.size
+
+    def read(self, after: int, limit: int) -> list[SpooledAlert]:
+        items = self._items
+        start = bisect.bisect_right(items, after, lo=self._head, key=_seq)
+        if not self._gone:
+            return items[start : start + limit]
+        found: list[SpooledAlert] = []
+        for alert in itertools.islice(items, start, None):
+            if alert.seq not in self._gone:
+                found.append(alert)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def remove(self, alerts: list[SpooledAlert]) -> None:
+        if self._floor is None:
+            return
+        items, gone = self._items, self._gone
+        for alert in alerts:
+            if alert.seq > self._floor:
+                gone.add(alert.seq)
+        head = self._head
+        while head < len(items) and items[head].seq in gone:
+            gone.discard(items[head].seq)
+            self.bytes -= items[head].size
+            head += 1
+        if gone and head == len(items):
+            gone.clear()  # deleted alerts that were never cached
+        if head > 1024 and head * 2 > len(items):
+            del items[:head]
+            head = 0
+        self._head = head
+
+
+def _seq(alert: SpooledAlert) -> int:
+    return alert.seq
 
 
 def _lock(folder: Path) -> int:

@@ -19,11 +19,39 @@ _RFC3339 = re.compile(
 )
 
 
+# The last whole second parsed, `YYYY-MM-DDTHH:MM:SS` -> seconds since the epoch:
+# alerts come in bursts within the same second, and Falco always writes the one
+# shape `2023-05-25T13:44:05.478445995Z`, so most times need no regex or calendar.
+_last_second: tuple[str, int] = ("", 0)
+
+
 def parse_rfc3339_ns(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time; ValueError names the problem.
 
     Digits past the ninth fraction digit are dropped (Falco never writes them).
     """
+    prefix, seconds = _last_second
+    if (
+        len(text) == 30
+        and text[:19] == prefix
+        and text[19] == "."
+        and text[29] == "Z"
+        and text[20:29].isdigit()
+        and text[20:29].isascii()
+    ):
+        return seconds * _NS_PER_S + int(text[20:29])
+    ns = _parse(text)
+    if len(text) == 30 and text[19] == "." and text[29] == "Z":
+        _remember(text[:19], ns // _NS_PER_S)
+    return ns
+
+
+def _remember(prefix: str, seconds: int) -> None:
+    global _last_second  # noqa: PLW0603 - a one-entry cache, private to this module
+    _last_second = (prefix, seconds)
+
+
+def _parse(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"{text!r} is not an RFC 3339 time such as 2023-05-25T13:44:05.478445995Z")

@@ -1,10 +1,11 @@
 """The NATS sink: one long-lived connection, reconnecting forever, never one per alert.
 
-`deliver` hands a batch of spooled alerts to NATS and says which NATS now has:
-- core NATS: every alert is published, then one flush (a PING answered by the
-  server) confirms the server received them all;
-- JetStream: every alert is published with an ack request, up to the whole
-  batch in flight at once, and each one counts when its ack arrives.
+`publish` hands a batch of spooled alerts to NATS without waiting; what
+confirms them comes later, and `settle` says which NATS then has:
+- core NATS: alerts are published as they come; `confirm` sends a PING after
+  them, and its PONG says the server has read them all;
+- JetStream: every alert is published with an ack request, and each one counts
+  when its ack arrives (the publisher keeps a window of them in flight).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,16 @@ class StreamSettings:
     replicas: int = 1
     max_age: float = 0.0
     duplicate_window: float = 120.0
+
+
+@dataclass(slots=True)
+class Sent:
+    """Alerts handed to NATS and what confirms them."""
+
+    alerts: list[SpooledAlert]
+    acks: list[asyncio.Future[Any]]  # JetStream: one per alert, in order; core: none
+    rejected: list[tuple[SpooledAlert, str]]  # refused before sending: never deliverable
+    complete: bool = True  # False: a connection error stopped the batch part-way
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +89,9 @@ class NatsSink:
         self._stream_ready = False
         self.reconnects = 0
         self.state = StateLog("nats", LOG)
+        # Called when the connection goes or comes back: the publisher must not
+        # wait for confirmations a lost connection will never bring.
+        self.on_change: Callable[[], None] = lambda: None
 
     @property
     def connected(self) -> bool:
@@ -113,6 +127,7 @@ class NatsSink:
             self._connected.clear()
             if not nc.is_closed and not nc.is_draining:
                 self.state.change("disconnected", logging.WARNING)
+            self.on_change()
 
         async def reconnected_cb() -> None:
             nonlocal first_error
@@ -120,10 +135,12 @@ class NatsSink:
             self.reconnects += 1
             self.state.change("connected", server=_server(nc))
             self._connected.set()
+            self.on_change()
 
         async def closed_cb() -> None:
             self._connected.clear()
             self.state.change("closed")
+            self.on_change()
 
         await nc.connect(
             **self.options,
@@ -202,66 +219,71 @@ class NatsSink:
                 duplicate_window=info.config.duplicate_window,
             )
 
-    async def deliver(self, batch: Sequence[SpooledAlert]) -> Delivery:
-        """Hand `batch` to NATS. Alerts in neither list of the result stay to be retried."""
+    async def publish(self, batch: Sequence[SpooledAlert]) -> Sent:
+        """Hand `batch` to NATS without waiting for it to be confirmed.
+
+        JetStream: each alert's ack future is in `acks`. Core NATS: nothing is
+        confirmed per alert; `confirm()` covers everything published before it.
+        Stops at the first connection error (`complete` False): the alerts not
+        in `alerts` or `rejected` were not sent.
+        """
+        sent = Sent([], [], [], complete=False)
         nc = self._nc
         if nc is None or not nc.is_connected:
-            return Delivery([], [])
-        if self.stream is not None:
-            return await self._deliver_jetstream(batch)
-        return await self._deliver_core(nc, batch)
-
-    async def _deliver_core(self, nc: Client, batch: Sequence[SpooledAlert]) -> Delivery:
-        sent: list[SpooledAlert] = []
-        rejected: list[tuple[SpooledAlert, str]] = []
+            return sent
+        js = self._js if self.stream is not None else None
+        stream = self.stream.name if self.stream is not None else None
         try:
             for alert in batch:
                 try:
-                    await nc.publish(alert.subject, alert.payload, headers=alert.headers)
+                    if js is None:
+                        await nc.publish(alert.subject, alert.payload, headers=alert.headers)
+                    else:
+                        # A copy: nats-py adds its Nats-Expected-Stream header to it.
+                        ack = await js.publish_async(
+                            alert.subject, alert.payload, headers=dict(alert.headers), stream=stream
+                        )
+                        sent.acks.append(ack)
                 except nats.errors.MaxPayloadError:
-                    rejected.append((alert, _too_big(alert)))
+                    sent.rejected.append((alert, _too_big(alert)))
                     continue
-                sent.append(alert)
-            # The server answers PONG after it has read every message before the PING.
-            await nc.flush(timeout=max(1, int(self.publish_timeout)))
-        except (NatsError, TimeoutError, OSError):
-            return Delivery([], rejected)
-        return Delivery(sent, rejected)
-
-    async def _deliver_jetstream(self, batch: Sequence[SpooledAlert]) -> Delivery:
-        js = self._js
-        assert self.stream is not None
-        assert js is not None
-        pending: dict[asyncio.Future[js_api.PubAck], SpooledAlert] = {}
-        rejected: list[tuple[SpooledAlert, str]] = []
-        try:
-            for alert in batch:
-                try:
-                    future = await js.publish_async(
-                        alert.subject,
-                        alert.payload,
-                        headers=dict(alert.headers),
-                        stream=self.stream.name,
-                    )
-                except nats.errors.MaxPayloadError:
-                    rejected.append((alert, _too_big(alert)))
-                    continue
-                pending[future] = alert
+                sent.alerts.append(alert)
         except (NatsError, OSError):
-            pass  # what was sent may still be acked below; the rest is retried
-        if not pending:
-            return Delivery([], rejected)
-        done, not_done = await asyncio.wait(pending, timeout=self.publish_timeout)
-        for future in not_done:
-            future.cancel()
-        delivered = []
-        for future in done:
-            error = future.exception()
+            return sent
+        sent.complete = True
+        return sent
+
+    async def confirm(self) -> asyncio.Future[None]:
+        """Core NATS: a future done once the server has read everything published so
+        far (a PING it answers after them); failed if it does not answer in time."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return _failed(nats.errors.ConnectionClosedError())
+        # nats-py's flush() writes its PING straight to the socket, ahead of any
+        # publishes still queued for its flusher task (nats-py 2.16), so a PONG would
+        # not cover them. Let the flusher write its queue first: one turn of the loop
+        # (it was woken before this), more while back-pressure holds it.
+        await asyncio.sleep(0)
+        while nc._pending and nc.is_connected:  # noqa: ASYNC110 - nats-py has no event for it
+            await asyncio.sleep(0.001)
+        return asyncio.ensure_future(nc.flush(timeout=max(1, round(self.publish_timeout))))
+
+    def settle(self, sent: Sent, confirmation: asyncio.Future[None] | None) -> Delivery:
+        """What NATS confirmed of `sent`, once its acks (JetStream) or its
+        `confirmation` (core) are done. Alerts in neither list are to be sent again."""
+        delivered: list[SpooledAlert] = []
+        rejected = list(sent.rejected)
+        if not sent.acks:
+            ok = confirmation is not None and _succeeded(confirmation)
+            return Delivery(list(sent.alerts) if ok else [], rejected)
+        for alert, ack in zip(sent.alerts, sent.acks, strict=True):
+            if not ack.done() or ack.cancelled():
+                continue
+            error = ack.exception()
             if error is None:
-                delivered.append(pending[future])
+                delivered.append(alert)
             elif isinstance(error, nats.js.errors.APIError) and error.code == 400:
-                rejected.append((pending[future], f"JetStream refused it: {error.description}"))
-        delivered.sort(key=lambda a: a.seq)
+                rejected.append((alert, f"JetStream refused it: {error.description}"))
         return Delivery(delivered, rejected)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -289,6 +311,16 @@ def _stream_config(settings: StreamSettings) -> js_api.StreamConfig:
         max_age=settings.max_age or None,
         duplicate_window=settings.duplicate_window,
     )
+
+
+def _failed(error: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _too_big(alert: SpooledAlert) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import ssl
@@ -306,7 +307,7 @@ def _headers(scope: HTTPScope) -> dict[bytes, str]:
     return headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # not slots: raw_headers is cached on the instance
 class Answer:
     """An HTTP answer either front end can send: status, body, extra headers."""
 
@@ -321,16 +322,19 @@ class Answer:
             response.headers[name] = value
         return response
 
-    async def send(self, send: Send) -> None:
+    @functools.cached_property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
         raw = [
             (b"content-type", self.content_type.encode()),
             (b"content-length", str(len(self.body)).encode()),
         ]
-        raw += [(name.lower().encode(), value.encode()) for name, value in self.headers]
+        return raw + [(name.lower().encode(), value.encode()) for name, value in self.headers]
+
+    async def send(self, send: Send) -> None:
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": self.status,
-            "headers": raw,
+            "headers": list(self.raw_headers),
         }
         await send(start)
         body: HTTPResponseBodyEvent = {
@@ -361,10 +365,17 @@ def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Answer:
     except SpoolFull as exc:
         return _error(503, str(exc))
     if isinstance(outcome, Accepted):
-        return _json(200, orjson.dumps({"status": "accepted", "subject": outcome.subject}))
+        return _accepted(outcome.subject)
     if isinstance(outcome, Duplicate):
         return _json(200, b'{"status": "duplicate"}')
     return _json(200, orjson.dumps({"status": "filtered", "reason": outcome.reason}))
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepted(subject: str) -> Answer:
+    # Built once per subject (a rule and a priority make one): most alerts repeat
+    # a few dozen rules.
+    return _json(200, orjson.dumps({"status": "accepted", "subject": subject}))
 
 
 def _bind(host: str, port: int) -> str:

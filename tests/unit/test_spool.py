@@ -59,6 +59,7 @@ def test_file_spool_survives_reopening(tmp_path: Path) -> None:
     fill(spool, 5)
     spool.delete(spool.read(0, 2))
     # As if the process were killed: no checkpoint, no clean close of the database.
+    assert spool._db is not None
     spool._db.close()
     assert spool._lock is not None
     os.close(spool._lock)  # the kernel does this when a process dies
@@ -84,3 +85,54 @@ def test_one_spool_folder_serves_one_gateway(tmp_path: Path) -> None:
         Spool(str(tmp_path / "spool"))
     first.close()
     Spool(str(tmp_path / "spool")).close()
+
+
+def test_file_spool_reads_from_memory_then_from_disk_past_the_cache(tmp_path: Path) -> None:
+    # A cache of ~5 alerts: the sixth lets go of it, and reads come from the database
+    # until the reader has caught up; then fresh alerts are served from memory again.
+    spool = Spool(str(tmp_path / "spool"), cache_bytes=5 * 160)
+    seqs = fill(spool, 3)
+    assert spool._cache.covers(0)
+    assert [a.seq for a in spool.read(0, 10)] == seqs
+    seqs += fill(spool, 5)
+    assert not spool._cache.covers(seqs[2])
+    first = spool.read(seqs[2], 2)
+    assert [a.seq for a in first] == seqs[3:5]
+    assert first[0].headers == {"Nats-Msg-Id": "id-0"}  # read back from disk (second fill)
+    assert not spool._cache.covers(seqs[4])
+    rest = spool.read(seqs[4], 10)  # fewer than asked: caught up
+    assert [a.seq for a in rest] == seqs[5:]
+    assert spool._cache.covers(seqs[4])
+    later = fill(spool, 2)
+    assert [a.seq for a in spool.read(seqs[-1], 10)] == later
+
+
+def test_read_before_the_cache_goes_to_disk(tmp_path: Path) -> None:
+    # A reader that rewinds to alerts older than the cache (sent, then not
+    # confirmed) still gets every one of them, in order.
+    spool = Spool(str(tmp_path / "spool"), cache_bytes=3 * 160)
+    seqs = fill(spool, 6)
+    assert [a.seq for a in spool.read(seqs[0] - 1, 100)] == seqs  # caught up: cache restarts
+    seqs += fill(spool, 2)
+    assert [a.seq for a in spool.read(0, 100)] == seqs
+    assert [a.seq for a in spool.read(seqs[1], 3)] == seqs[2:5]
+
+
+def test_memory_spool_never_lets_go_of_alerts() -> None:
+    spool = Spool(max_bytes=10_000_000, cache_bytes=100)  # cache_bytes is for spool_dir only
+    seqs = fill(spool, 500)
+    assert [a.seq for a in spool.read(0, 1000)] == seqs
+
+
+def test_deletes_in_and_out_of_order_in_memory() -> None:
+    spool = Spool()
+    seqs = fill(spool, 3000)
+    alerts = spool.read(0, 3000)
+    spool.delete(alerts[1:3])  # out of order: the head stays
+    assert [a.seq for a in spool.read(0, 3)] == [seqs[0], seqs[3], seqs[4]]
+    spool.delete(alerts[:1])
+    spool.delete(alerts[3:2500])  # past the compaction point
+    assert [a.seq for a in spool.read(0, 2)] == seqs[2500:2502]
+    assert [a.seq for a in spool.read(seqs[2600], 2)] == seqs[2601:2603]
+    assert spool.count == 500
+    assert spool.bytes == sum(a.size for a in alerts[2500:])
