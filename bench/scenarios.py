@@ -761,7 +761,8 @@ class Bench:
 
     async def profile(self) -> None:
         """py-spy samples of the gateway while it takes HTTP at 1 and at 16 connections,
-        then a gRPC burst; the collapsed stacks go to the results folder, a summary to the report."""
+        then a gRPC burst; the collapsed stacks go to the results folder, a summary to
+        the report."""
         tool = py_spy()
         if tool is None:
             self.warnings.append(
