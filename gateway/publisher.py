@@ -74,10 +74,12 @@ class Publisher:
         self.spool = spool
         self.sink = sink
         self.telemetry = telemetry
-        self.batch_size = batch_size
         # Unconfirmed alerts at most: JetStream acks in flight, or core publishes
         # waiting for their PONG.
         self.max_in_flight = batch_size
+        # Read and settled in groups of a quarter of that: the window refills as
+        # soon as its oldest quarter is confirmed, rather than once all of it is.
+        self.batch_size = max(1, batch_size // 4)
         self.publish_timeout = sink.publish_timeout
         self.max_age_ns = int(max_age * 1e9)
         self.state = StateLog("delivery", LOG)

@@ -21,6 +21,7 @@ import grpc.aio
 
 from gateway.backoff import Backoff
 from gateway.errors import AlertError, ConfigError, SpoolFull
+from gateway.event import FalcoEvent
 from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from gateway.logs import OncePer, StateLog, log
 from gateway.normalize import DEFAULT_LIMITS, Limits, from_grpc
@@ -167,25 +168,37 @@ class FalcoGrpcSource:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
 
     async def _read_stream(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        accept = self._accept
         async for response in call:
-            await self._handle(response)
+            event = accept(response)
+            if event is not None:
+                await self._hold_until_spooled(event)
 
-    async def _handle(self, response: outputs_pb2.response) -> None:
+    def _accept(self, response: outputs_pb2.response) -> FalcoEvent | None:
+        """Spool one alert; the event back if the spool is full (to be retried)."""
         try:
             event = from_grpc(response, self.limits)
         except AlertError as exc:
             self.pipeline.rejected("grpc", exc.kind)
             if self._rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, path="grpc", reason=exc.reason)
-            return
+            return None
+        try:
+            self.pipeline.accept(event, "grpc")
+        except SpoolFull:
+            return event
+        return None
+
+    async def _hold_until_spooled(self, event: FalcoEvent) -> None:
+        # Falco already handed this alert over, so keep it and retry; stop asking
+        # Falco for more meanwhile, so the rest waits in Falco's queue.
+        self._requesting.clear()
         retry = Backoff(initial=0.05, maximum=1.0)
         while True:
+            await asyncio.sleep(retry.next_delay())
             try:
                 self.pipeline.accept(event, "grpc")
                 break
             except SpoolFull:
-                # Falco already handed this alert over, so keep it and retry; stop
-                # asking Falco for more meanwhile, so the rest waits in Falco's queue.
-                self._requesting.clear()
-                await asyncio.sleep(retry.next_delay())
+                continue
         self._requesting.set()
