@@ -27,6 +27,26 @@ def test_memory_is_bounded() -> None:
     assert window.is_duplicate("id-4999", now=2)
 
 
+def test_eviction_drops_the_oldest_ids_first() -> None:
+    # Whole epochs of at most ceil(max_entries / 64) ids go at once, oldest first.
+    window = DedupWindow(window=120, max_entries=1000)
+    for i in range(5003):
+        window.is_duplicate(f"id-{i}", now=1)
+    assert 1000 - 16 < len(window) <= 1000
+    assert window.evicted_early == 5003 - len(window)
+    assert window.is_duplicate("id-5002", now=2)
+    assert window.is_duplicate(f"id-{5003 - len(window)}", now=2)
+    assert not window.is_duplicate(f"id-{5002 - len(window)}", now=2)
+
+
+def test_remember_keeps_the_first_sighting() -> None:
+    window = DedupWindow(window=120)
+    window.remember("a", now=0)
+    window.remember("a", now=100)
+    assert window.is_duplicate("a", now=120)
+    assert not window.is_duplicate("a", now=122)
+
+
 def test_forget_and_remember() -> None:
     window = DedupWindow(window=120)
     window.is_duplicate("a", now=0)
