@@ -115,6 +115,7 @@ class LoadResult:
     # Paced mode: when each request was due and when it went out (wall clock, ns).
     due_ns: list[int] = field(default_factory=list)
     sent_ns: list[int] = field(default_factory=list)
+    answered_ns: list[int] = field(default_factory=list)  # or failed
 
     @property
     def ok(self) -> int:
@@ -136,6 +137,7 @@ class LoadResult:
             "reconnects": self.reconnects,
             "due_ns": self.due_ns,
             "sent_ns": self.sent_ns,
+            "answered_ns": self.answered_ns,
             "cpu_s": cpu_s,
             "wall_s": wall_s,
         }
@@ -259,7 +261,11 @@ async def _drive(
                 # does this client, and counts it.
                 result.errors.append(f"{type(exc).__name__}: {exc}")
                 slot.close()
+                if interval:
+                    result.answered_ns.append(time.time_ns())
                 continue
+            if interval:
+                result.answered_ns.append(time.time_ns())
             result.latencies_us.append((time.perf_counter_ns() - sent_ns) // 1000)
             result.last_answer_ns = time.time_ns()
             result.statuses[status] += 1

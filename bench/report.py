@@ -220,9 +220,10 @@ def _latency(results: Results) -> str:
             key = f"latency.{mode}.{path}"
             if path == "http":
                 from_send = value(results, f"{key}.send_p99", 2, False)
+                own = value(results, f"{key}.own_p99", 2, False)
                 note = f"answer p99 {value(results, f'{key}.resp_p99', 2, False)} ms"
             else:
-                from_send = DASH
+                from_send = own = DASH
                 note = f"the gateway asks Falco every {poll:g} s"
             rows.append(
                 [
@@ -231,11 +232,13 @@ def _latency(results: Results) -> str:
                     value(results, f"{key}.p50", 2),
                     value(results, f"{key}.p99", 2),
                     value(results, f"{key}.max", 2, False),
+                    own,
                     from_send,
                     note,
                 ]
             )
-    header = ["path", "NATS", "p50 ms", "p99 ms", "max ms", "p99 from the POST ms", "note"]
+    header = ["path", "NATS", "p50 ms", "p99 ms", "max ms", "p99 without the load generator's "
+              "own delays ms", "p99 from the POST ms", "note"]  # fmt: skip
     return table(header, rows)
 
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from gateway.errors import ConfigError
 from gateway.event import Priority
 from gateway.subject import SubjectTemplate
@@ -399,6 +397,10 @@ def _convert_bool(key: str, raw: Any) -> bool:
 
 
 def _from_yaml(path: Path) -> dict[str, Any]:
+    # Imported here: most gateways take their settings from the environment, and
+    # PyYAML is ~1 MB of resident memory for the life of the process.
+    import yaml
+
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -31,16 +31,19 @@ import fcntl
 import itertools
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway.errors import ConfigError, SpoolFull
 from gateway.logs import log
+
+if TYPE_CHECKING:
+    import sqlite3
 
 LOG = logging.getLogger("gateway.spool")
 
@@ -105,6 +108,10 @@ class Spool:
             raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
         self._lock = _lock(folder)
         self.location = str(folder / "spool.db")
+        # Imported here: without spool_dir there is no database, and SQLite is ~1 MB of
+        # resident memory for the life of the process.
+        import sqlite3
+
         try:
             # isolation_level=None: autocommit; each statement is its own transaction.
             db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)

@@ -7,6 +7,7 @@ and Falco's alert times carry nanoseconds that the dedup id depends on.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from datetime import datetime
@@ -74,4 +75,10 @@ def _parse(text: str) -> int:
 def format_rfc3339_ns(ns: int) -> str:
     """`2023-05-25T13:44:05.478445995Z`: UTC, always nine fraction digits."""
     seconds, fraction = divmod(ns, _NS_PER_S)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+    return _second_text(seconds) + f".{fraction:09d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    # Every alert's payload carries its time: alerts of the same second share this.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 
+from bench.scenarios import own_delays
 from bench.stats import Summary, percentile, percentiles, rate
 
 
@@ -51,3 +52,12 @@ def test_summary_is_the_median_and_the_spread_of_the_repeats() -> None:
 def test_rate_needs_an_interval() -> None:
     assert rate(100, 2.0) == 50
     assert rate(1, 0.0) == 0
+
+
+def test_own_delays_leave_out_waiting_for_the_previous_answer() -> None:
+    # Request 1 on time; request 2 due at 10 but the answer to 1 came at 15, sent at
+    # 16: 1 of its own; request 3 due at 30, previous answer at 20, sent at 34: 4.
+    due, sent, answered = [0, 10, 30], [2, 16, 34], [15, 20, 40]
+    assert own_delays(due, sent, answered) == {0: 2, 10: 1, 30: 4}
+    # Sent before it was due (never happens, but no negative delays).
+    assert own_delays([5], [4], [6]) == {5: 0}
