@@ -144,13 +144,16 @@ class Publisher:
                 self.sink.wait_connected(remaining), *(() if draining else (stop.wait(),))
             )
             return True
-        if failed or not await self.sink.ensure_stream():
+        if failed or not (self.sink.stream_ready or await self.sink.ensure_stream()):
             if failed:
                 self.telemetry.publish_failed()
             await asyncio.sleep(self._retry.next_delay())
             return True
-        if await self._send_more():
-            return True
+        # Everything there is room for, in one turn: a turn costs about as much as
+        # publishing an alert.
+        while await self._send_more():
+            if not self.sink.connected:
+                return True
         await self._confirm_core()
         if draining and not self._window and not self.spool.read(self._cursor, 1):
             return False

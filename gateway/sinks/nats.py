@@ -162,6 +162,11 @@ class NatsSink:
         self.state.change("connected", server=_server(nc))
         self._connected.set()
 
+    @property
+    def stream_ready(self) -> bool:
+        """Alerts can be published: core NATS, or the stream was checked."""
+        return self.stream is None or self._stream_ready
+
     async def ensure_stream(self) -> bool:
         """Check, create or update the JetStream stream once connected.
 
