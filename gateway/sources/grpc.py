@@ -82,8 +82,13 @@ class FalcoGrpcSource:
         self.limits = limits
         # A larger message ends the stream with RESOURCE_EXHAUSTED instead of being
         # read into memory; the gateway reconnects and goes on with the next alert.
+        # No bandwidth-delay probing: it grows HTTP/2's flow-control window to buffer
+        # megabytes of Falco's backlog inside grpc, resident for good after a burst
+        # (~1.6 MB measured). The 64 KiB default keeps the same pace on a local socket,
+        # and over TCP still passes ~64 MB/s at 1 ms round trip: ~100k alerts/s.
         self.channel_options: list[tuple[str, int | str]] = [
-            ("grpc.max_receive_message_length", max_message_bytes)
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.http2.bdp_probe", 0),
         ]
         self.backoff = backoff if backoff is not None else Backoff(initial=0.1, maximum=5.0)
         self.state = StateLog("falco-grpc", LOG)
