@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError, SpoolFull
-from gateway.spool import Spool
+from gateway.spool import MEMORY_OVERHEAD, Spool
 
 
 def fill(spool: Spool, count: int, size: int = 100) -> list[int]:
@@ -136,3 +136,11 @@ def test_deletes_in_and_out_of_order_in_memory() -> None:
     assert [a.seq for a in spool.read(seqs[2600], 2)] == seqs[2601:2603]
     assert spool.count == 500
     assert spool.bytes == sum(a.size for a in alerts[2500:])
+
+
+def test_memory_spool_counts_what_its_objects_take(tmp_path: Path) -> None:
+    # In memory, spool_max_bytes bounds memory: each alert also counts its Python objects.
+    memory, disk = Spool(), Spool(str(tmp_path / "spool"))
+    fill(memory, 3)
+    fill(disk, 3)
+    assert memory.bytes == disk.bytes + 3 * MEMORY_OVERHEAD
