@@ -89,6 +89,12 @@ def _ratio(results: Results, key: str, ceiling: str, name: str) -> str:
     return f"{measured / base:.0%} of {name}"
 
 
+def _paired(results: Results, key: str) -> str:
+    """The pair-by-pair ratio, when the run has it, ahead of the phase-to-phase ones."""
+    ratio = results.median(key)
+    return "" if ratio is None else f"{ratio:.0%} of Hypercorn alongside; "
+
+
 def _pct(results: Results, key: str) -> str:
     text = value(results, key, 0, False)
     return text if text == DASH or text.startswith("n/a") else text + "%"
@@ -164,7 +170,8 @@ def _gateway(results: Results) -> str:
             [
                 f"HTTP, {connections} conn ({who})",
                 value(results, f"{key}.rate"),
-                _ratio(
+                _paired(results, f"{key}.paired")
+                + _ratio(
                     results, f"{key}.rate", f"ceiling.hypercorn.c{connections}.rate", "Hypercorn"
                 )
                 + ", "

@@ -503,11 +503,12 @@ class Bench:
         ):
             await self._nats_ceiling("core", server.url)
             async with (
+                self.bare_server() as bare,
                 self.gateway("gateway-core", server.url, feed, jetstream=False) as gw,
                 self.collector(server.url) as col,
             ):
                 for connections in (1, 16):
-                    await self._gateway_http(gw, load, col, connections)
+                    await self._gateway_http(gw, load, col, connections, bare)
                 await self._gateway_grpc(gw, feed, col, "gateway.grpc", "gateway, gRPC")
                 await self._latency_http(gw, load, col, "core")
                 await self._latency_grpc(feed, col, "core")
@@ -534,16 +535,33 @@ class Bench:
                 self.say(f"JetStream rows: n/a ({exc})")
                 self.results.mark_unavailable(JETSTREAM_KEYS, f"n/a ({exc})")
 
+    @contextlib.asynccontextmanager
+    async def bare_server(self) -> AsyncIterator[int]:
+        """The bare-Hypercorn ceiling's server on the measured core, idle until asked:
+        measured right before each gateway HTTP run, so a ratio compares two runs
+        minutes closer together than the ceilings phase and the gateway's are."""
+        port = free_port()
+        argv = python_module("bench.servers", "bare", "--port", str(port))
+        server = await Child("paired-bare", argv, self.workdir).start(self.plan.sut)
+        try:
+            await wait_port(port, 60, server)
+            yield port
+        finally:
+            await server.stop()
+
     async def _gateway_http(
-        self, gw: GatewayProc, load: LoadGen, col: Collector, connections: int
+        self, gw: GatewayProc, load: LoadGen, col: Collector, connections: int, bare: int
     ) -> None:
         s = self.sizes
         key = f"gateway.http.c{connections}"
         what = f"gateway, HTTP, {connections} conn"
         col.reset()
+        await load.run(bare, connections, s.http_warmup)
         await load.run(gw.port, connections, s.http_warmup)
         await col.wait_for(s.http_warmup, self._timeout(s.http_warmup))
         for attempt in range(s.repeats):
+            paired = await load.run(bare, connections, s.http_requests)
+            self._check_http(f"{what} #{attempt + 1}, bare Hypercorn", s.http_requests, paired)
             col.reset()
             cpu = gw.cpu_seconds()
             result = await load.run(gw.port, connections, s.http_requests)
@@ -561,7 +579,13 @@ class Bench:
             r.add(f"{key}.p99", f"{what}: response p99", "ms", p99 / 1000)
             r.add(f"{key}.busy", f"{what}: gateway core busy", "%", cpu / active * 100)
             r.add(f"{key}.cpu10k", f"{what}: CPU s per 10k", "s", cpu / s.http_requests * 1e4)
-        self.say(f"{what}: {self.results.median(f'{key}.rate'):,.0f} alerts/s")
+            r.add(f"{key}.paired", f"{what}: share of bare Hypercorn measured just before", "",
+                  arrivals.rate / paired["rps"] if paired["rps"] else 0.0)  # fmt: skip
+        paired_median = self.results.median(f"{key}.paired") or 0.0
+        self.say(
+            f"{what}: {self.results.median(f'{key}.rate'):,.0f} alerts/s, "
+            f"{paired_median:.0%} of bare Hypercorn run alongside"
+        )
 
     async def _gateway_grpc(
         self, gw: GatewayProc, feed: Feed, col: Collector, key: str, what: str

@@ -23,6 +23,9 @@ class Target:
     threshold: float
     kind: Literal["ratio_at_least", "at_most", "at_least"]
     ceiling: str = ""  # the figure the ratio is taken against
+    # Ratios measured pair by pair (ceiling and gateway back to back, each repeat);
+    # used instead of figure / ceiling when the run has them.
+    paired: str = ""
 
     def describe(self) -> str:
         if self.kind == "ratio_at_least":
@@ -62,6 +65,7 @@ def targets(poll_interval_s: float) -> list[Target]:
             0.75,
             "ratio_at_least",
             "ceiling.hypercorn.c1.rate",
+            paired="gateway.http.c1.paired",
         ),
         Target(
             "HTTP, 16 connections: alerts/s vs bare Hypercorn",
@@ -69,6 +73,7 @@ def targets(poll_interval_s: float) -> list[Target]:
             0.75,
             "ratio_at_least",
             "ceiling.hypercorn.c16.rate",
+            paired="gateway.http.c16.paired",
         ),
         Target(
             "gRPC: alerts/s vs raw grpc.aio drain",
@@ -132,6 +137,10 @@ def _verdict(results: Results, target: Target) -> Verdict:
     if measured is None:
         return Verdict(target, "n/a", None, None, _why_missing(results, target.figure))
     if target.kind == "ratio_at_least":
+        paired = results.median(target.paired) if target.paired else None
+        if paired is not None:
+            status: Status = "PASS" if paired >= target.threshold else "MISS"
+            return Verdict(target, status, measured, paired)
         ceiling = results.median(target.ceiling)
         if not ceiling:
             reason = _why_missing(results, target.ceiling)

@@ -53,6 +53,22 @@ def test_a_ratio_without_its_ceiling_is_not_available() -> None:
     assert verdict.measured == 10_000
 
 
+def test_a_paired_ratio_takes_precedence_over_the_phases_ratio() -> None:
+    results = Results()
+    results.add("gateway.http.c1.rate", "HTTP", "alerts/s", 1_500)
+    results.add("ceiling.hypercorn.c1.rate", "bare", "req/s", 3_000)  # an earlier, faster phase
+    target = Target(
+        "HTTP", "gateway.http.c1.rate", 0.75, "ratio_at_least", "ceiling.hypercorn.c1.rate",
+        paired="gateway.http.c1.paired",
+    )  # fmt: skip
+    (verdict,) = evaluate(results, [target])
+    assert (verdict.status, verdict.ratio) == ("MISS", 0.5)
+    for ratio in (0.7, 0.8, 0.9):
+        results.add("gateway.http.c1.paired", "paired", "", ratio)
+    (verdict,) = evaluate(results, [target])
+    assert (verdict.status, verdict.ratio, verdict.measured) == ("PASS", 0.8, 1_500)
+
+
 def test_report_shows_each_target_with_its_result() -> None:
     results = _results()
     text = report.render(results, evaluate(results, targets(0.1)))
