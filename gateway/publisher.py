@@ -80,7 +80,6 @@ class Publisher:
         # Read and settled in groups of a quarter of that: the window refills as
         # soon as its oldest quarter is confirmed, rather than once all of it is.
         self.batch_size = max(1, batch_size // 4)
-        self.publish_timeout = sink.publish_timeout
         self.max_age_ns = int(max_age * 1e9)
         self.state = StateLog("delivery", LOG)
         self._wake = asyncio.Event()
@@ -200,9 +199,18 @@ class Publisher:
         """Core NATS: one PING at a time, covering every group published before it."""
         if self._pinging or self.sink.stream is not None:
             return
-        waiting = [g for g in self._window if g.confirmation is None and g.sent.alerts]
-        if not waiting or self._ping_timer is not None:
+        if self._ping_timer is not None:
             return
+        # Groups get their PING in order, so the ones still without are at the end.
+        waiting: list[_Group] = []
+        for group in reversed(self._window):
+            if group.confirmation is not None:
+                break
+            if group.sent.alerts:
+                waiting.append(group)
+        if not waiting:
+            return
+        waiting.reverse()
         loop = asyncio.get_running_loop()
         if loop.time() < self._next_ping:
             self._ping_timer = loop.call_at(self._next_ping, self._ping_due)
@@ -227,7 +235,7 @@ class Publisher:
     def _arm(self, group: _Group) -> None:
         """Wake the publisher when `group` is overdue: NATS took too long to answer."""
         loop = asyncio.get_running_loop()
-        group.deadline = loop.time() + self.publish_timeout
+        group.deadline = loop.time() + self.sink.publish_timeout
         group.timer = loop.call_at(group.deadline, self._wake.set)
 
     def _settle(self) -> bool:
