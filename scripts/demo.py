@@ -142,6 +142,22 @@ def scrape_metrics(http_port: int) -> dict[str, float]:
     return values
 
 
+def settled_metrics(http_port: int, timeout: float = 5.0) -> dict[str, float]:
+    """/metrics once NATS has confirmed every alert: a subscriber has an alert as soon
+    as it is published, the gateway counts it once NATS confirms it, a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape_metrics(http_port)
+        published = sum(
+            value
+            for key, value in metrics.items()
+            if key.startswith("falco_nats_gateway_alerts_total{outcome=published,")
+        )
+        if published >= ALERTS or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.05)
+
+
 def summarize(
     received: list[Msg], metrics: dict[str, float], codes: dict[str, int], workdir: Path
 ) -> bool:
@@ -213,7 +229,7 @@ def main() -> int:
         received, simulator_rc, tail_rc = asyncio.run(
             run_alerts(nats_url, http_port, falco_socket, env)
         )
-        metrics = scrape_metrics(http_port)
+        metrics = settled_metrics(http_port)
 
         step("stopping the gateway with SIGTERM")
         gateway.send_signal(signal.SIGTERM)

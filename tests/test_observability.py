@@ -78,6 +78,9 @@ async def test_metrics_after_a_known_sequence(
         duplicate = await http.post(to_falco_json(grpc_events[0]))  # the gRPC copy's twin
         assert orjson.loads(duplicate.body) == {"status": "duplicate"}
         await take(inbox, 2)
+        # Subscribers have an alert as soon as it is published; it counts as published
+        # once NATS confirms it (a PING at most every 5 ms), a moment later.
+        await until(lambda: gw.gateway.telemetry.get("published") == 4, "NATS confirmations")
         response = await http.get("/metrics")
     await nc.close()
     assert response.status == 200
