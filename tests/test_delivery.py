@@ -9,8 +9,10 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
 
@@ -110,6 +112,32 @@ async def test_jetstream_stream_is_created_and_acked(js_server: NatsServer) -> N
     assert set(statuses) == {200}
     ids = await stream_ids(js_server.url, "FALCO", len(events))
     assert sorted(ids) == sorted(e.alert_id for e in events)
+
+
+async def test_alert_jetstream_refuses_is_counted_undeliverable_not_resent(
+    js_server: NatsServer,
+) -> None:
+    """JetStream answers an alert over the stream's max_msg_size with an error (code
+    400): that alert can never be stored, so it is counted and dropped with a log,
+    and the ones around it still arrive in order, without waiting out a timeout."""
+    nc = await nats.connect(js_server.url)
+    try:
+        await nc.jetstream().add_stream(name="FALCO", subjects=["falco.>"], max_msg_size=4096)
+    finally:
+        await nc.close()
+    small = alerts(2)
+    big = replace(alerts(1, start=2)[0], output="x" * 8000)
+    events = [small[0], big, small[1]]
+    async with running_gateway(js_server.url, jetstream=True, publish_timeout=30.0) as gw:
+        async with gw.client() as http:
+            for event in events:
+                assert (await http.post(to_falco_json(event))).status == 200
+        telemetry = gw.gateway.telemetry
+        await until(lambda: telemetry.get("published") == 2, "the two that fit", 10)
+        await until(lambda: telemetry.get("undeliverable") == 1, "the refused one counted", 10)
+        assert gw.gateway.spool.count == 0
+    ids = await stream_ids(js_server.url, "FALCO", 2)
+    assert ids == [small[0].alert_id, small[1].alert_id]
 
 
 def test_missing_stream_without_creation_stops_start_up(js_server: NatsServer) -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -34,6 +36,10 @@ LOG = logging.getLogger("gateway.nats")
 # nats-py buffers publishes while it reconnects; the spool is the real buffer, so
 # this only needs to hold one batch.
 RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
+
+EXPECTED_STREAM = js_api.Header.EXPECTED_STREAM.value
+STATUS = js_api.Header.STATUS.value
+NO_RESPONDERS = "503"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class NatsSink:
         self._connecting: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._stream_ready = False
+        self._acks = _Acks()
         self.reconnects = 0
         self.state = StateLog("nats", LOG)
         # Called when the connection goes or comes back: the publisher must not
@@ -154,9 +161,10 @@ class NatsSink:
             reconnected_cb=reconnected_cb,
             closed_cb=closed_cb,
         )
-        # One JetStream context for the connection's life: each context opens
-        # its own reply subscription for acks.
+        # One JetStream context for the connection's life, for managing the stream.
         self._js = nc.jetstream(timeout=self.publish_timeout)
+        if self.stream is not None:
+            await self._acks.start(nc)
         self._nc = nc
         first_error = True
         self.state.change("connected", server=_server(nc))
@@ -236,18 +244,23 @@ class NatsSink:
         nc = self._nc
         if nc is None or not nc.is_connected:
             return sent
-        js = self._js if self.stream is not None else None
         stream = self.stream.name if self.stream is not None else None
+        acks = self._acks
         try:
             for alert in batch:
                 try:
-                    if js is None:
+                    if stream is None:
                         await nc.publish(alert.subject, alert.payload, headers=alert.headers)
                     else:
-                        # A copy: nats-py adds its Nats-Expected-Stream header to it.
-                        ack = await js.publish_async(
-                            alert.subject, alert.payload, headers=dict(alert.headers), stream=stream
-                        )
+                        # JetStream stores it only in the expected stream, and says so
+                        # on the reply subject.
+                        reply, ack = acks.expect()
+                        headers = {**alert.headers, EXPECTED_STREAM: stream}
+                        try:
+                            await nc.publish(alert.subject, alert.payload, reply, headers)
+                        except BaseException:
+                            acks.forget(reply)
+                            raise
                         sent.acks.append(ack)
                 except nats.errors.MaxPayloadError:
                     sent.rejected.append((alert, _too_big(alert)))
@@ -305,6 +318,77 @@ class NatsSink:
         except (TimeoutError, NatsError) as exc:
             log(logging.WARNING, "nats drain incomplete", LOG, error=type(exc).__name__)
             await nc.close()
+
+
+class _Acks:
+    """JetStream's answers to our publishes, on one reply subscription of our own.
+
+    nats-py's publish_async costs, per alert, a random token (a getrandom call), a
+    semaphore, a future with its callbacks, json.loads and a PubAck dataclass; and
+    an error answer raises inside its callback and leaves the future pending, so a
+    refused alert would wait out publish_timeout and be sent again forever. The
+    publisher's window already bounds what is in flight, and an answer only needs
+    to say stored, or why not.
+    """
+
+    # Futures the publisher gave up on (a rewind cancels them) stay until their
+    # answer comes; past this many, the ones already done are dropped.
+    SWEEP_AT = 16_384
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self._next = 0
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def start(self, nc: Client) -> None:
+        """Subscribe once per connection (nats-py renews it on every reconnect)."""
+        self.prefix = nc.new_inbox() + "."
+        await nc.subscribe(self.prefix + "*", cb=self._answered)
+
+    def expect(self) -> tuple[str, asyncio.Future[None]]:
+        """A reply subject for one publish, and the future its answer settles."""
+        if len(self._waiting) >= self.SWEEP_AT:
+            self._waiting = {t: f for t, f in self._waiting.items() if not f.done()}
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        return self.prefix + token, future
+
+    def forget(self, reply: str) -> None:
+        """The publish did not go out: no answer will come."""
+        future = self._waiting.pop(reply[len(self.prefix) :], None)
+        if future is not None:
+            future.cancel()
+
+    async def _answered(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self.prefix) :], None)
+        if future is None or future.done():
+            return  # given up on (rewound), or a second answer
+        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+            # No stream takes the subject: worth retrying (the stream may come).
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            answer = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            future.set_exception(nats.js.errors.APIError(description="unreadable JetStream ack"))
+            return
+        error = answer.get("error")
+        if error is None:
+            future.set_result(None)
+            return
+        if not isinstance(error, dict):
+            error = {"description": str(error)}
+        future.set_exception(
+            nats.js.errors.APIError(
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=error.get("description"),
+            )
+        )
 
 
 def _stream_config(settings: StreamSettings) -> js_api.StreamConfig:
