@@ -6,6 +6,10 @@ request every `--poll-interval` seconds, read each response) and nothing else,
 so the gateway's gRPC figure divided by this one is the share it keeps. Prints
 one JSON object once N alerts came, or at the time limit: how many came, from
 the first to the last, and this process's CPU time in between.
+
+`--convert` is a reference, not a ceiling: each response also goes through the
+gateway's normalizer and payload (`from_grpc`, then falcosidekick's JSON), the
+least the gateway does with an alert before deduplication, spool and NATS.
 """
 
 from __future__ import annotations
@@ -21,10 +25,18 @@ import grpc.aio
 import orjson
 
 from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+from gateway.normalize import from_grpc
+from gateway.payload import falcosidekick_json
 
 
 async def drain(
-    address: str, count: int, warmup: int, poll_interval: float, time_limit: float
+    address: str,
+    count: int,
+    warmup: int,
+    poll_interval: float,
+    time_limit: float,
+    *,
+    convert: bool = False,
 ) -> dict[str, object]:
     """Receive `warmup` alerts untimed, then `count` timed ones."""
     stop = asyncio.Event()
@@ -54,6 +66,8 @@ async def drain(
                         cpu_first = time.process_time()
                     if received > warmup:
                         payload_bytes += response.ByteSize()
+                        if convert:
+                            falcosidekick_json(from_grpc(response))
                     if received >= total:
                         break
         except TimeoutError:
@@ -81,11 +95,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=0, help="untimed alerts first")
     parser.add_argument("--poll-interval", type=float, default=0.1)
     parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument(
+        "--convert", action="store_true", help="also normalize each alert and render its payload"
+    )
     args = parser.parse_args()
     import uvloop
 
     result = uvloop.run(
-        drain(args.address, args.count, args.warmup, args.poll_interval, args.time_limit)
+        drain(
+            args.address,
+            args.count,
+            args.warmup,
+            args.poll_interval,
+            args.time_limit,
+            convert=args.convert,
+        )
     )
     os.write(1, orjson.dumps(result) + b"\n")
     return 0

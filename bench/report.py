@@ -12,6 +12,9 @@ from typing import Any
 from bench.results import Results
 from bench.targets import Verdict
 
+# Not a ceiling: what the least relay of Falco's POSTs to NATS keeps of bare Hypercorn.
+RELAY_LABEL = "reference: least relay (parse, nats-py publish)"
+
 DASH = "-"
 
 
@@ -111,12 +114,22 @@ def _join(*parts: str) -> str:
 
 def _ceilings(results: Results) -> str:
     rows = []
-    for name, label in (("hypercorn", "bare ASGI on Hypercorn"), ("quart", "Quart on Hypercorn")):
+    for name, label in (
+        ("hypercorn", "bare ASGI on Hypercorn"),
+        ("quart", "Quart on Hypercorn"),
+        ("relay", RELAY_LABEL),
+    ):
         for connections in (1, 16):
             key = f"ceiling.{name}.c{connections}"
+            share = ""
+            if name == "relay":
+                ratio = _ratio(
+                    results, f"{key}.rate", f"ceiling.hypercorn.c{connections}.rate", "bare"
+                )
+                share = f" ({ratio})" if ratio != DASH else ""
             rows.append(
                 [
-                    f"{label}, {connections} conn",
+                    f"{label}, {connections} conn{share}",
                     _unit(value(results, f"{key}.rate"), "req/s"),
                     value(results, f"{key}.p50", 2, False),
                     value(results, f"{key}.p99", 2, False),
@@ -135,6 +148,18 @@ def _ceilings(results: Results) -> str:
             DASH,
             DASH,
             busy if busy == DASH else f"{busy} (stand-in {feed})",
+            DASH,
+        ]
+    )
+    convert = _ratio(results, "ceiling.grpc_convert.rate", "ceiling.grpc.rate", "raw")
+    rows.append(
+        [
+            "reference: the raw drain + the gateway's normalizer and payload"
+            + (f" ({convert})" if convert != DASH else ""),
+            _unit(value(results, "ceiling.grpc_convert.rate"), "alerts/s"),
+            DASH,
+            DASH,
+            _pct(results, "ceiling.grpc_convert.busy"),
             DASH,
         ]
     )

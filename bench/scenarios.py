@@ -38,6 +38,7 @@ from bench.procs import (
 )
 from bench.profile import py_spy, summarise
 from bench.profile import render as render_profile
+from bench.report import RELAY_LABEL
 from bench.results import Results
 from bench.stats import percentiles
 from gateway.simulator.http_client import HttpClient
@@ -375,13 +376,16 @@ class Bench:
     # --- ceilings ---------------------------------------------------------------------
 
     async def http_ceilings(self) -> None:
-        async with self.loadgen() as load:
+        async with self.loadgen() as load, self.nats_server("nats-relay") as nats_server:
             for kind, name, label in (
                 ("bare", "hypercorn", "bare ASGI on Hypercorn"),
                 ("quart", "quart", "Quart on Hypercorn"),
+                ("relay", "relay", RELAY_LABEL),
             ):
                 port = free_port()
-                argv = python_module("bench.servers", kind, "--port", str(port))
+                argv = python_module(
+                    "bench.servers", kind, "--port", str(port), "--nats-url", nats_server.url
+                )
                 server = await Child(f"ceiling-{kind}", argv, self.workdir).start(self.plan.sut)
                 try:
                     await wait_port(port, 60, server)
@@ -425,47 +429,55 @@ class Bench:
         s = self.sizes
         async with self.feed() as feed:
             for attempt in range(s.repeats):
-                argv = python_module(
-                    "bench.grpc_drain",
-                    "--address", feed.address,
-                    "--count", str(s.grpc_alerts),
-                    "--warmup", str(s.grpc_warmup),
-                    "--poll-interval", str(s.poll_interval),
-                    "--time-limit", str(self._timeout(s.grpc_alerts)),
-                )  # fmt: skip
-                drain = await Child("grpc-drain", argv, self.workdir).start(
-                    self.plan.sut, stdout=True
-                )
-                try:
-                    await drain.receive(60)
-                    await feed.wait_clients(1, 30)
-                    await feed.burst(s.grpc_warmup + s.grpc_alerts)
-                    # From here the stand-in only serves (it rendered the burst before
-                    # answering), so its CPU shows whether it, not the client, is the limit.
-                    feed_cpu = feed.child.cpu_seconds()
-                    result = await drain.receive(self._timeout(s.grpc_alerts) + 30)
-                    feed_cpu = feed.child.cpu_seconds() - feed_cpu
-                    await drain.wait(30)
-                finally:
-                    await drain.stop(5)
-                self.results.check(
-                    f"raw grpc.aio drain #{attempt + 1}: every alert received",
-                    result["received"] == s.grpc_alerts,
-                    f"received {result['received']} of {s.grpc_alerts}",
-                )
-                r = self.results
-                elapsed = result["elapsed_s"]
-                r.add(
-                    "ceiling.grpc.rate", "raw grpc.aio drain: alerts/s", "alerts/s", result["rate"]
-                )
-                r.add("ceiling.grpc.busy", "raw grpc.aio drain: client core busy", "%",
-                      result["cpu_s"] / elapsed * 100 if elapsed else 0.0)  # fmt: skip
-                r.add(
-                    "ceiling.grpc.bytes", "gRPC response size, mean", "bytes", result["mean_bytes"]
-                )
-                r.add("ceiling.grpc.feed_busy", "raw grpc.aio drain: Falco stand-in core busy",
-                      "%", feed_cpu / elapsed * 100 if elapsed else 0.0)  # fmt: skip
+                await self._grpc_drain(feed, attempt)
+                await self._grpc_drain(feed, attempt, convert=True)
         self.say(f"ceiling raw grpc.aio drain: {self.results.median('ceiling.grpc.rate'):,.0f}/s")
+        self.say(
+            "reference, raw drain + normalizer + payload: "
+            f"{self.results.median('ceiling.grpc_convert.rate'):,.0f}/s"
+        )
+
+    async def _grpc_drain(self, feed: Feed, attempt: int, convert: bool = False) -> None:
+        s = self.sizes
+        key = "ceiling.grpc_convert" if convert else "ceiling.grpc"
+        what = "raw grpc.aio drain" + (" + normalizer + payload" if convert else "")
+        argv = python_module(
+            "bench.grpc_drain",
+            "--address", feed.address,
+            "--count", str(s.grpc_alerts),
+            "--warmup", str(s.grpc_warmup),
+            "--poll-interval", str(s.poll_interval),
+            "--time-limit", str(self._timeout(s.grpc_alerts)),
+            *(["--convert"] if convert else []),
+        )  # fmt: skip
+        drain = await Child("grpc-drain", argv, self.workdir).start(self.plan.sut, stdout=True)
+        try:
+            await drain.receive(60)
+            await feed.wait_clients(1, 30)
+            await feed.burst(s.grpc_warmup + s.grpc_alerts)
+            # From here the stand-in only serves (it rendered the burst before
+            # answering), so its CPU shows whether it, not the client, is the limit.
+            feed_cpu = feed.child.cpu_seconds()
+            result = await drain.receive(self._timeout(s.grpc_alerts) + 30)
+            feed_cpu = feed.child.cpu_seconds() - feed_cpu
+            await drain.wait(30)
+        finally:
+            await drain.stop(5)
+        self.results.check(
+            f"{what} #{attempt + 1}: every alert received",
+            result["received"] == s.grpc_alerts,
+            f"received {result['received']} of {s.grpc_alerts}",
+        )
+        r = self.results
+        elapsed = result["elapsed_s"]
+        r.add(f"{key}.rate", f"{what}: alerts/s", "alerts/s", result["rate"])
+        r.add(f"{key}.busy", f"{what}: client core busy", "%",
+              result["cpu_s"] / elapsed * 100 if elapsed else 0.0)  # fmt: skip
+        if convert:
+            return
+        r.add("ceiling.grpc.bytes", "gRPC response size, mean", "bytes", result["mean_bytes"])
+        r.add("ceiling.grpc.feed_busy", "raw grpc.aio drain: Falco stand-in core busy",
+              "%", feed_cpu / elapsed * 100 if elapsed else 0.0)  # fmt: skip
 
     async def _nats_ceiling(self, mode: str, url: str) -> None:
         s = self.sizes

@@ -4,6 +4,11 @@
 body and answers a small JSON object, the shape of the gateway's answer, with
 the Hypercorn settings and the uvloop loop the gateway itself uses. So the
 gateway's HTTP figure divided by these is the share of the ceiling it keeps.
+
+`relay --nats-url U` is a reference, not a ceiling: the least any relay of
+Falco's POSTs to NATS does on this stack (parse the body, publish it as it came
+with nats-py, answer), so the table shows how much of the gap to bare Hypercorn
+is the stack's and how much the gateway's own work.
 `GET /stats` says how many bodies (and bytes) arrived, so the benchmark can
 check that it counted what it sent.
 """
@@ -65,11 +70,43 @@ def bare_app(counts: Counts) -> Callable[[Scope, Receive, Send], Awaitable[None]
     return app
 
 
-async def _answer(send: Send, body: bytes) -> None:
+def relay_app(counts: Counts, publish: Callable[[str, bytes], Awaitable[None]]) -> Any:
+    """The least a relay of Falco's POSTs to NATS does: read the body, parse it (a
+    bad one gets a 400), publish it as it came, answer. No normalizing, no
+    deduplication, no spool, nothing confirmed: what it sends is lost if NATS is."""
+    bare = bare_app(counts)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await bare(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            alert = orjson.loads(body)
+            rule = alert["rule"]
+            priority = alert["priority"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await _answer(send, b'{"error": "not a Falco alert"}', 400)
+            return
+        await publish(f"falco.{priority}.{rule}".lower().replace(" ", "_"), body)
+        counts.bodies += 1
+        counts.bytes += len(body)
+        await _answer(send, _ANSWER)
+
+    return app
+
+
+async def _answer(send: Send, body: bytes, status: int = 200) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 200,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -99,13 +136,22 @@ def quart_app(counts: Counts) -> Any:
     return app
 
 
-async def serve(kind: str, port: int) -> None:
+async def serve(kind: str, port: int, nats_url: str = "") -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
     counts = Counts()
     # Any: Hypercorn's own ASGI types are stricter than the plain mappings used here.
-    app: Any = bare_app(counts) if kind == "bare" else quart_app(counts)
+    app: Any
+    if kind == "bare":
+        app = bare_app(counts)
+    elif kind == "quart":
+        app = quart_app(counts)
+    else:
+        import nats
+
+        nc = await nats.connect(nats_url, name="bench-relay")
+        app = relay_app(counts, nc.publish)
     # The gateway's own Hypercorn settings (gateway/sources/http.py).
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -121,12 +167,13 @@ async def serve(kind: str, port: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__)
-    parser.add_argument("kind", choices=("bare", "quart"))
+    parser.add_argument("kind", choices=("bare", "quart", "relay"))
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="relay: NATS")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(serve(args.kind, args.port))
+    uvloop.run(serve(args.kind, args.port, args.nats_url))
     return 0
 
 

@@ -57,6 +57,33 @@ async def test_load_generator_sends_exactly_its_count(bare_server: int) -> None:
     assert await _bodies(bare_server) == 320  # the warm-up reached the server too
 
 
+async def test_relay_reference_publishes_each_alert_and_refuses_other_bodies(
+    tmp_path: Path,
+) -> None:
+    server = await NatsServer(tmp_path, "nats-relay").start()
+    port = free_port()
+    argv = python_module("bench.servers", "relay", "--port", str(port), "--nats-url", server.url)
+    child = Child("relay", argv, tmp_path)
+    nc = await nats.connect(server.url)
+    try:
+        sub = await nc.subscribe("falco.>")
+        await nc.flush()
+        await child.start()
+        await wait_listening(port, 30, child)
+        result = await run_load("127.0.0.1", port, connections=2, count=50)
+        assert result.ok == 50
+        async with HttpClient(f"http://127.0.0.1:{port}/") as http:
+            refused = await http.post(b'{"not": "an alert"}')
+        assert refused.status == 400
+        subjects = [(await sub.next_msg(timeout=5)).subject for _ in range(50)]
+        assert all(subject.startswith("falco.") for subject in subjects)
+        assert await _bodies(port) == 50
+    finally:
+        await nc.close()
+        await child.stop(5)
+        await server.stop()
+
+
 async def test_load_generator_reconnects_when_hypercorn_ends_keep_alive(bare_server: int) -> None:
     """Hypercorn closes a keep-alive connection after 1000 requests; like libcurl,
     the generator opens a new one and loses nothing."""
@@ -131,8 +158,10 @@ def test_proc_readings_of_this_process() -> None:
     assert stolen >= 0
 
 
-async def test_feed_serves_falco_semantics_to_a_grpc_client(tmp_path: Path) -> None:
-    """The Falco stand-in queues a burst; the raw drain client takes all of it."""
+@pytest.mark.parametrize("convert", [False, True], ids=["raw", "convert"])
+async def test_feed_serves_falco_semantics_to_a_grpc_client(tmp_path: Path, convert: bool) -> None:
+    """The Falco stand-in queues a burst; the raw drain client takes all of it (and,
+    as the reference, also through the gateway's normalizer and payload)."""
     import tempfile
 
     address = f"unix://{tempfile.mkdtemp(prefix='fng-')}/falco.sock"
@@ -141,7 +170,8 @@ async def test_feed_serves_falco_semantics_to_a_grpc_client(tmp_path: Path) -> N
     try:
         assert (await feed.receive(30))["op"] == "ready"
         argv = python_module("bench.grpc_drain", "--address", address, "--count", "40",
-                             "--warmup", "10", "--time-limit", "30")  # fmt: skip
+                             "--warmup", "10", "--time-limit", "30",
+                             *(["--convert"] if convert else []))  # fmt: skip
         drain = await Child("drain", argv, tmp_path).start(stdout=True)
         assert (await drain.receive(30))["op"] == "ready"
         while (await feed.ask({"op": "status"}, 10))["clients"] < 1:

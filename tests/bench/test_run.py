@@ -34,6 +34,7 @@ def test_quick_run_writes_the_table_and_the_json(tmp_path: Path) -> None:
     for key in (
         "ceiling.hypercorn.c1.rate",
         "ceiling.quart.c16.p99",
+        "ceiling.relay.c16.rate",
         "ceiling.nats_core.rate",
         "gateway.http.c1.rate",
         "gateway.http.c16.cpu10k",
