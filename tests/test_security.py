@@ -236,6 +236,27 @@ async def test_requests_over_the_in_flight_cap_get_503(nats_server: NatsServer) 
         assert status == 200
 
 
+async def test_a_body_that_stalls_gets_408_naming_the_setting(nats_server: NatsServer) -> None:
+    async with running_gateway(nats_server.url, http_read_timeout=0.2, http_max_in_flight=1) as gw:
+        port = gw.settings.listen_port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n{"
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), 10)
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408")
+        assert b"http_read_timeout" in body
+        assert gw.gateway.telemetry.get("rejected") == 1
+        # The one in-flight slot is free again: the next alert is taken.
+        assert (await http(port))[0] == 200
+
+
 # -- gRPC client -----------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from gateway.event import FalcoEvent
 from gateway.logs import OncePer, log
 from gateway.normalize import DEFAULT_LIMITS, Limits, from_http_body, self_test_event
 from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
+from gateway.sources.deadlines import ReadDeadlines
 
 LOG = logging.getLogger("gateway.http")
 
@@ -89,10 +90,13 @@ class AlertIntake:
     `http_error` answers.
     """
 
-    def __init__(self, pipeline: Pipeline, max_in_flight: int, limits: Limits) -> None:
+    def __init__(
+        self, pipeline: Pipeline, max_in_flight: int, limits: Limits, read_timeout: float = 10.0
+    ) -> None:
         self.pipeline = pipeline
         self.max_in_flight = max_in_flight
         self.limits = limits
+        self.read_timeout = read_timeout
         self.in_flight = 0
         self.rejections = OncePer()
 
@@ -122,6 +126,11 @@ class AlertIntake:
         if isinstance(exc, RequestEntityTooLarge):
             self.pipeline.rejected("http", "too_large")
             return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
+        if isinstance(exc, RequestTimeout):
+            self.pipeline.rejected("http", "read_timeout")
+            return _error(
+                408, f"request body not complete within {self.read_timeout:g} s (http_read_timeout)"
+            )
         return _error(exc.code or 400, f"{exc.name}: {method} {path}")
 
 
@@ -138,7 +147,7 @@ def create_app(
     limits: Limits = DEFAULT_LIMITS,
 ) -> HttpApp:
     """The HTTP source's ASGI app: `POST /` on a fast path, everything else in Quart."""
-    intake = AlertIntake(pipeline, max_in_flight, limits)
+    intake = AlertIntake(pipeline, max_in_flight, limits, read_timeout)
     app = Quart("falco-nats-gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # A slow or stalled client may not hold a connection open for long: the whole
@@ -245,6 +254,7 @@ class HttpApp:
         self.auth = auth
         self.health_port = health_port
         self.read_timeout = read_timeout
+        self.deadlines = ReadDeadlines(read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
@@ -275,23 +285,28 @@ class HttpApp:
             raise RequestEntityTooLarge()
         chunks: list[bytes] = []
         size = 0
+        deadlines = self.deadlines
+        task = deadlines.enter()
         try:
-            async with asyncio.timeout(self.read_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Disconnected()
-                    chunk = cast("bytes", message.get("body", b""))
-                    if chunk:
-                        size += len(chunk)
-                        # Also for a chunked body, which announces no length.
-                        if size > self.max_body_bytes:
-                            raise RequestEntityTooLarge()
-                        chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError as exc:
-            raise RequestTimeout() from exc
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected()
+                chunk = cast("bytes", message.get("body", b""))
+                if chunk:
+                    size += len(chunk)
+                    # Also for a chunked body, which announces no length.
+                    if size > self.max_body_bytes:
+                        raise RequestEntityTooLarge()
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if deadlines.expired(task):
+                raise RequestTimeout() from None
+            raise
+        finally:
+            deadlines.leave(task)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
