@@ -106,6 +106,11 @@ class Spool:
         if directory:
             self._open(Path(directory), sync)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the latest alert appended (0 before the first)."""
+        return self._last_seq
+
     def _open(self, folder: Path, sync: str) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from gateway.pipeline import MSG_ID_HEADER
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.wire import to_falco_json, to_grpc_response
+from gateway.sinks.nats import Sent
+from gateway.spool import SpooledAlert
 from tests.support import (
     NatsCluster,
     NatsServer,
@@ -112,6 +114,33 @@ async def test_jetstream_stream_is_created_and_acked(js_server: NatsServer) -> N
     assert set(statuses) == {200}
     ids = await stream_ids(js_server.url, "FALCO", len(events))
     assert sorted(ids) == sorted(e.alert_id for e in events)
+
+
+async def test_a_stream_of_alerts_goes_out_in_batches_in_order(nats_server: NatsServer) -> None:
+    """Alerts spooled one per turn of the event loop (a gRPC burst) are gathered into
+    batches rather than published one by one, and still arrive in order, once."""
+    events = alerts(64)
+    nc, queue = await subscribe(nats_server.url)
+    try:
+        async with running_gateway(nats_server.url) as gw:
+            sink = gw.gateway.sink
+            publish = sink.publish
+            batches: list[int] = []
+
+            async def counted(batch: Sequence[SpooledAlert]) -> Sent:
+                batches.append(len(batch))
+                return await publish(batch)
+
+            sink.publish = counted  # type: ignore[method-assign]
+            for event in events:
+                gw.gateway.pipeline.accept(event, "grpc")
+                await asyncio.sleep(0)
+            got = await take(queue, len(events))
+        assert [m.headers and m.headers[MSG_ID_HEADER] for m in got] == [e.alert_id for e in events]
+        assert sum(batches) == len(events)
+        assert len(batches) <= len(events) // 4, batches
+    finally:
+        await nc.close()
 
 
 async def test_alert_jetstream_refuses_is_counted_undeliverable_not_resent(
