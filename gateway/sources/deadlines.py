@@ -21,6 +21,7 @@ class ReadDeadlines:
         self._open: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def enter(self) -> asyncio.Task[object]:
         """Start the current task's deadline; `leave` must follow, whatever happens."""
@@ -28,7 +29,9 @@ class ReadDeadlines:
         assert task is not None, "a deadline needs a task"
         loop = asyncio.get_running_loop()
         self._open[task] = loop.time() + self.timeout
-        if self._timer is None:
+        # A timer of a loop that has since closed (an app served twice) never fires.
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
             self._timer = loop.call_later(self.period, self._check)
         return task
 

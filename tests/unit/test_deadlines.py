@@ -55,3 +55,19 @@ async def test_someone_elses_cancel_is_not_taken_for_a_timeout() -> None:
     with pytest.raises(asyncio.CancelledError):
         await reader
     assert not deadlines._open
+
+
+def test_deadlines_work_again_in_a_new_event_loop() -> None:
+    """An app served in one loop, then another (tests, a restart in-process): the
+    first loop's timer is gone with it, and the second loop gets its own."""
+    deadlines = ReadDeadlines(0.05)
+
+    async def stalled_read() -> bytes | str:
+        never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(_read(deadlines, never), 5)
+
+    async def open_and_leave() -> None:
+        deadlines.leave(deadlines.enter())  # arms a timer that this loop never runs
+
+    asyncio.run(open_and_leave())
+    assert asyncio.run(stalled_read()) == "timeout"
