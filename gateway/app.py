@@ -45,6 +45,7 @@ class Gateway:
                 replicas=s.stream_replicas,
                 max_age=s.stream_max_age,
                 duplicate_window=max(s.dedup_window, 1.0),
+                subject_template=s.subject_template,
             )
         self.telemetry = Telemetry(rule_labels=s.metrics_rule_labels)
         self.sink = NatsSink(connect_options(s), stream, publish_timeout=s.publish_timeout)

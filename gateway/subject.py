@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.errors import ConfigError
-from gateway.event import FalcoEvent
+from gateway.event import FalcoEvent, Priority
 
 DEFAULT_TEMPLATE = "falco.<priority>.<rule>"
 
@@ -71,6 +71,15 @@ class SubjectTemplate:
 
     def render(self, event: FalcoEvent) -> str:
         return "".join(p if isinstance(p, str) else p(event) for p in self._parts)
+
+    def uncaptured(self, patterns: Sequence[str]) -> str | None:
+        """A subject this template renders that none of `patterns` (a stream's
+        subjects) captures, or None: JetStream would have no stream to take it."""
+        for priority in Priority:
+            sample = self.render(FalcoEvent(0, priority, "rule", source="syscall", hostname="host"))
+            if not any(subject_matches(pattern, sample) for pattern in patterns):
+                return sample
+        return None
 
     def __repr__(self) -> str:
         return f"SubjectTemplate({self.template!r})"

@@ -169,6 +169,28 @@ async def test_alert_jetstream_refuses_is_counted_undeliverable_not_resent(
     assert ids == [small[0].alert_id, small[1].alert_id]
 
 
+async def test_stream_that_does_not_capture_the_subjects_stops_start_up(
+    js_server: NatsServer,
+) -> None:
+    """An existing stream whose subjects miss the alerts' would answer each of them
+    "no responders" forever: the gateway refuses to start, naming both."""
+    nc = await nats.connect(js_server.url)
+    try:
+        await nc.jetstream().add_stream(name="FALCO", subjects=["alerts.>"])
+    finally:
+        await nc.close()
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_command(), "--nats-url", js_server.url,
+        "--listen", f"127.0.0.1:{free_port()}", "--jetstream",
+        stderr=asyncio.subprocess.PIPE, env=subprocess_env(),
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "does not capture 'falco.emergency.rule'" in err.decode()
+    assert "alerts.>" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
 def test_missing_stream_without_creation_stops_start_up(js_server: NatsServer) -> None:
     result = subprocess.run(
         [

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
 from nats.aio.msg import Msg
@@ -330,6 +331,26 @@ async def test_check_finds_a_missing_stream(tmp_path: Path) -> None:
     assert code == 1
     assert lines_of(report)["jetstream"].startswith("FAIL")
     assert "stream_create is off" in report
+
+
+async def test_check_finds_a_stream_that_does_not_capture_the_subjects(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path, jetstream=True).start()
+    try:
+        nc = await nats.connect(server.url)
+        try:
+            await nc.jetstream().add_stream(name="FALCO", subjects=["alerts.>"])
+        finally:
+            await nc.close()
+        code, report = await run_check(
+            "--nats-url", server.url, "--listen", f"127.0.0.1:{free_port()}", "--jetstream",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert code == 1
+    line = lines_of(report)["jetstream"]
+    assert line.startswith("FAIL")
+    assert "alerts.>" in line
+    assert "does not capture 'falco.emergency.rule'" in line
 
 
 def test_check_with_a_bad_setting_names_it() -> None:

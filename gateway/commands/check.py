@@ -23,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.falco_pb import version_pb2, version_pb2_grpc
 from gateway.nats_options import connect_options
 from gateway.sources.grpc import GrpcTls
+from gateway.subject import SubjectTemplate
 
 TIMEOUT = 3.0
 
@@ -96,6 +97,14 @@ async def _check_stream(nc: Client, settings: Settings) -> Result:
             "jetstream", False, f"{type(exc).__name__}: {exc or 'JetStream not available'}"
         )
     config = info.config
+    missing = SubjectTemplate(settings.subject_template).uncaptured(config.subjects or [])
+    if missing is not None and not settings.stream_create:
+        return Result(
+            "jetstream",
+            False,
+            f"stream {config.name} (subjects {', '.join(config.subjects or []) or 'none'}) "
+            f"does not capture {missing!r}, a subject of subject_template",
+        )
     return Result(
         "jetstream",
         True,

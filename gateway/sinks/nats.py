@@ -30,6 +30,7 @@ from gateway.config import redact
 from gateway.errors import StreamError
 from gateway.logs import StateLog, log
 from gateway.spool import SpooledAlert
+from gateway.subject import SubjectTemplate
 
 LOG = logging.getLogger("gateway.nats")
 
@@ -51,6 +52,8 @@ class StreamSettings:
     replicas: int = 1
     max_age: float = 0.0
     duplicate_window: float = 120.0
+    # The alerts' subjects, checked against an existing stream's own subjects.
+    subject_template: str = ""
 
 
 @dataclass(slots=True)
@@ -221,9 +224,19 @@ class NatsSink:
             return
         if wanted.create:
             await js.update_stream(_stream_config(wanted))
-        elif (
-            info.config.duplicate_window and info.config.duplicate_window < wanted.duplicate_window
-        ):
+            return
+        subjects = info.config.subjects or []
+        template = SubjectTemplate(wanted.subject_template) if wanted.subject_template else None
+        missing = template.uncaptured(subjects) if template is not None else None
+        if missing is not None:
+            # JetStream would answer every such alert "no responders", forever.
+            raise StreamError(
+                f"JetStream stream {wanted.name!r} (subjects {', '.join(subjects) or 'none'}) "
+                f"does not capture {missing!r}, a subject of subject_template "
+                f"{wanted.subject_template!r}; add it to the stream's subjects, or set "
+                "stream_create: true to have the gateway set them"
+            )
+        if info.config.duplicate_window and info.config.duplicate_window < wanted.duplicate_window:
             log(
                 logging.WARNING,
                 "stream duplicate window is shorter than dedup_window",
