@@ -97,8 +97,11 @@ async def _check_stream(nc: Client, settings: Settings) -> Result:
             "jetstream", False, f"{type(exc).__name__}: {exc or 'JetStream not available'}"
         )
     config = info.config
-    missing = SubjectTemplate(settings.subject_template).uncaptured(config.subjects or [])
-    if missing is not None and not settings.stream_create:
+    # A stream the gateway creates is set to the configured subjects (validated);
+    # one it only uses must capture the alerts' subjects as it is.
+    template = SubjectTemplate(settings.subject_template)
+    missing = None if settings.stream_create else template.uncaptured(config.subjects or [])
+    if missing is not None:
         return Result(
             "jetstream",
             False,

@@ -224,7 +224,6 @@ def create_app(
         max_body_bytes,
         auth=auth,
         health_port=health_port,
-        read_timeout=read_timeout,
     )
 
 
@@ -246,15 +245,13 @@ class HttpApp:
         *,
         auth: BasicAuth | None,
         health_port: int | None,
-        read_timeout: float,
     ) -> None:
         self.quart = quart
         self.intake = intake
         self.max_body_bytes = max_body_bytes
         self.auth = auth
         self.health_port = health_port
-        self.read_timeout = read_timeout
-        self.deadlines = ReadDeadlines(read_timeout)
+        self.deadlines = ReadDeadlines(intake.read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
