@@ -20,7 +20,9 @@ from gateway.nats_options import connect_options
 from gateway.normalize import Limits
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
-from gateway.sinks.nats import NatsSink, StreamSettings
+from gateway.sinks.nats import NatsSink
+from gateway.sinks.natspy import NatsLink, self_check
+from gateway.sinks.stream import StreamSettings
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
@@ -48,7 +50,15 @@ class Gateway:
                 subject_template=s.subject_template,
             )
         self.telemetry = Telemetry(rule_labels=s.metrics_rule_labels)
-        self.sink = NatsSink(connect_options(s), stream, publish_timeout=s.publish_timeout)
+        # A nats-py this gateway does not know how to drive stops it here, by name.
+        self_check()
+        self.link = NatsLink(connect_options(s), request_timeout=s.publish_timeout)
+        self.sink = NatsSink(
+            self.link,
+            stream,
+            publish_timeout=s.publish_timeout,
+            jetstream=lambda: self.link.jetstream,
+        )
         self.spool = Spool(s.spool_dir, s.spool_max_bytes, s.spool_sync)
         self.publisher = Publisher(
             self.spool,
@@ -116,7 +126,12 @@ class Gateway:
             "falco_nats_gateway_nats_connected", "1 when connected to NATS", self.sink.connected
         )
         yield counter(
-            "falco_nats_gateway_nats_reconnects", "Reconnections to NATS", self.sink.reconnects
+            "falco_nats_gateway_nats_reconnects", "Reconnections to NATS", self.link.reconnects
+        )
+        yield gauge(
+            "falco_nats_gateway_delivery_degraded",
+            "1 while NATS is connected but not taking alerts (the reason is in /healthz)",
+            bool(self.publisher.problem),
         )
         mode = "jetstream" if self.settings.jetstream else "core"
         yield gauge(
@@ -141,9 +156,11 @@ class Gateway:
                 yield gauge("falco_nats_gateway_falco_info", "Falco's version over gRPC", 1, labels)
 
     def health(self) -> tuple[bool, str]:
-        if self.sink.connected:
-            return True, "ok"
-        return False, self.sink.status
+        if not self.sink.connected:
+            return False, self.link.status
+        if self.publisher.problem:
+            return False, f"delivery degraded: {self.publisher.problem}"
+        return True, "ok"
 
     async def run(self) -> None:
         s = self.settings
@@ -165,7 +182,7 @@ class Gateway:
         # moved out of the collector's sight once.
         gc.collect()
         gc.freeze()
-        await self.sink.start()
+        await self.link.start()
         publisher = asyncio.create_task(
             self.publisher.run(self._drain, s.shutdown_timeout), name="publisher"
         )
@@ -200,7 +217,7 @@ class Gateway:
         self._drain.set()
         self.publisher.notify()
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
-        await self.sink.close(timeout=s.shutdown_timeout)
+        await self.link.close(timeout=s.shutdown_timeout)
         self.spool.close()
         log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.telemetry.summary())
         for result in results:

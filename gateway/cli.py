@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from gateway import __version__, config
-from gateway.errors import ConfigError, StreamError
+from gateway.errors import ConfigError, NatsPyMismatch, StreamError
 from gateway.logs import log, setup_logging
 
 LOG = logging.getLogger("gateway")
@@ -150,7 +150,7 @@ def _serve(settings: config.Settings) -> int:
     except ConfigError as exc:
         print(f"falco-nats-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    except StreamError as exc:
+    except (StreamError, NatsPyMismatch) as exc:
         print(f"falco-nats-gateway: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

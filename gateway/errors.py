@@ -3,7 +3,10 @@
 GatewayError
 ├── ConfigError       a setting is wrong; the message names the key and the value
 ├── AlertError        an alert cannot be read; carries the HTTP status to answer with
-└── SinkUnavailable   NATS cannot take an alert right now (not connected, buffer full)
+├── SpoolFull         the spool holds spool_max_bytes already
+├── StreamError       the JetStream stream is missing (creation off) or cannot be used
+├── LinkDown          the connection to NATS is gone; what was not sent is sent again
+└── NatsPyMismatch    the installed nats-py is not the one the gateway knows how to drive
 """
 
 from __future__ import annotations
@@ -42,3 +45,12 @@ class SpoolFull(GatewayError):
 
 class StreamError(GatewayError):
     """The JetStream stream is missing (and creation is off) or cannot be used."""
+
+
+class LinkDown(GatewayError):
+    """The connection to NATS is gone (or never came); nats-py's errors become this
+    where the gateway calls it (gateway.sinks.natspy)."""
+
+
+class NatsPyMismatch(GatewayError):
+    """The installed nats-py is not the one gateway.sinks.natspy knows how to drive."""

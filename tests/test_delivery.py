@@ -21,7 +21,7 @@ from gateway.pipeline import MSG_ID_HEADER
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.wire import to_falco_json, to_grpc_response
-from gateway.sinks.nats import Sent
+from gateway.sinks.nats import Group
 from gateway.spool import SpooledAlert
 from tests.support import (
     NatsCluster,
@@ -124,14 +124,14 @@ async def test_a_stream_of_alerts_goes_out_in_batches_in_order(nats_server: Nats
     try:
         async with running_gateway(nats_server.url) as gw:
             sink = gw.gateway.sink
-            publish = sink.publish
+            send = sink.send
             batches: list[int] = []
 
-            async def counted(batch: Sequence[SpooledAlert]) -> Sent:
+            async def counted(batch: Sequence[SpooledAlert]) -> tuple[Group | None, int]:
                 batches.append(len(batch))
-                return await publish(batch)
+                return await send(batch)
 
-            sink.publish = counted  # type: ignore[method-assign]
+            sink.send = counted  # type: ignore[method-assign]
             for event in events:
                 gw.gateway.pipeline.accept(event, "grpc")
                 await asyncio.sleep(0)
@@ -143,12 +143,13 @@ async def test_a_stream_of_alerts_goes_out_in_batches_in_order(nats_server: Nats
         await nc.close()
 
 
-async def test_alert_jetstream_refuses_is_counted_undeliverable_not_resent(
+async def test_alert_over_the_streams_max_msg_size_is_shortened_to_fit(
     js_server: NatsServer,
 ) -> None:
-    """JetStream answers an alert over the stream's max_msg_size with an error (code
-    400): that alert can never be stored, so it is counted and dropped with a log,
-    and the ones around it still arrive in order, without waiting out a timeout."""
+    """JetStream refuses a message over the stream's max_msg_size, and Falco drops
+    what it is refused: the gateway learns the limit from the stream and sends the
+    alert shortened to fit (its longest strings cut and marked), with the same id,
+    in its place between the ones around it."""
     nc = await nats.connect(js_server.url)
     try:
         await nc.jetstream().add_stream(name="FALCO", subjects=["falco.>"], max_msg_size=4096)
@@ -162,11 +163,19 @@ async def test_alert_jetstream_refuses_is_counted_undeliverable_not_resent(
             for event in events:
                 assert (await http.post(to_falco_json(event))).status == 200
         telemetry = gw.gateway.telemetry
-        await until(lambda: telemetry.get("published") == 2, "the two that fit", 10)
-        await until(lambda: telemetry.get("undeliverable") == 1, "the refused one counted", 10)
-        assert gw.gateway.spool.count == 0
-    ids = await stream_ids(js_server.url, "FALCO", 2)
-    assert ids == [small[0].alert_id, small[1].alert_id]
+        await until(lambda: telemetry.get("published") == 3, "all three stored", 10)
+        assert telemetry.get("undeliverable") == 0
+    nc = await nats.connect(js_server.url)
+    try:
+        sub = await nc.jetstream().pull_subscribe("falco.>", stream="FALCO")
+        stored = await sub.fetch(3, timeout=5)
+    finally:
+        await nc.close()
+    assert [m.headers and m.headers[MSG_ID_HEADER] for m in stored] == [e.alert_id for e in events]
+    shortened = orjson.loads(stored[1].data)
+    assert shortened["uuid"] == big.alert_id
+    assert shortened["output"].endswith("[truncated]")
+    assert len(stored[1].data) < 4096
 
 
 async def test_stream_that_does_not_capture_the_subjects_stops_start_up(
@@ -351,10 +360,8 @@ async def test_cluster_node_killed_mid_stream_loses_nothing(tmp_path: Path) -> N
         await wait_jetstream(cluster.nodes[0].url)
         events = alerts(3000)
         async with running_gateway(cluster.urls, **JETSTREAM, stream_replicas=3) as gw:
-            nc = gw.gateway.sink._nc
-            assert nc is not None
-            assert nc.connected_url is not None
-            used = next(n for n in cluster.nodes if n.port == nc.connected_url.port)
+            link = gw.gateway.link
+            used = next(n for n in cluster.nodes if link.server == f"127.0.0.1:{n.port}")
 
             async def kill_used_node() -> None:
                 await until(lambda: gw.gateway.telemetry.get("published") >= 500, "traffic", 30)
@@ -365,7 +372,7 @@ async def test_cluster_node_killed_mid_stream_loses_nothing(tmp_path: Path) -> N
             await until(
                 lambda: gw.gateway.telemetry.get("published") == len(events), "every ack", 90
             )
-            assert nc.connected_url.port != used.port, "failed over to another node"
+            assert link.server != f"127.0.0.1:{used.port}", "failed over to another node"
         survivor = next(n for n in cluster.nodes if n is not used)
         ids = await stream_ids(survivor.url, "FALCO", len(events))
     finally:

@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-from gateway.sinks.nats import NatsSink
-from gateway.spool import SpooledAlert
+from gateway.errors import LinkDown
+from gateway.sinks.natspy import NatsLink
 
 _INFO = (
     b'INFO {"server_id":"wire-log","version":"2.10.0","go":"go","host":"127.0.0.1",'
@@ -44,7 +44,8 @@ class WireLog:
 
     def _serve(self) -> None:
         conn, _ = self.listener.accept()
-        with conn, conn.makefile("rb") as reader:
+        # The client may be gone before the last PONG: nothing to report then.
+        with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
             conn.sendall(_INFO)
             held = False
             while line := reader.readline():
@@ -70,29 +71,23 @@ async def wire_log(hold: float = 0.0) -> AsyncIterator[tuple[WireLog, str]]:
         log.listener.close()
 
 
-def alerts(count: int, size: int) -> list[SpooledAlert]:
-    return [
-        SpooledAlert(
-            i + 1, 0, "http", "falco.notice.x", {"Nats-Msg-Id": f"id-{i}"}, b"x" * size, size
-        )
-        for i in range(count)
-    ]
+async def publish(link: NatsLink, count: int, size: int) -> int:
+    for i in range(count):
+        await link.publish("falco.notice.x", b"x" * size, {"Nats-Msg-Id": f"id-{i}"})
+    return count
 
 
 async def test_confirmation_comes_after_every_published_alert() -> None:
     async with wire_log() as (log, url):
-        sink = NatsSink({"servers": [url]}, publish_timeout=10)
-        await sink.start()
-        assert await sink.wait_connected(5)
-        sent = await sink.publish(alerts(20, 500))
-        assert sent.complete
-        assert len(sent.alerts) == 20
-        confirmation = await sink.confirm()
+        link = NatsLink({"servers": [url]})
+        await link.start()
+        assert await link.wait_connected(5)
+        await publish(link, 20, 500)
+        confirmation = await link.ping(10)
         await asyncio.wait_for(confirmation, 10)
         # The PING this PONG answered was read after every message.
         assert log.pings[-1] == 20
-        assert sink.settle(sent, confirmation).delivered == sent.alerts
-        await sink.close(1)
+        await link.close(1)
 
 
 async def test_confirmation_waits_for_publishes_held_back_by_a_full_socket() -> None:
@@ -100,30 +95,56 @@ async def test_confirmation_waits_for_publishes_held_back_by_a_full_socket() -> 
     # nats-py's flusher waits for it to drain; the second batch is still queued in
     # the client when the confirmation is asked for.
     async with wire_log(hold=1.0) as (log, url):
-        sink = NatsSink({"servers": [url]}, publish_timeout=10)
-        await sink.start()
-        assert await sink.wait_connected(5)
+        link = NatsLink({"servers": [url]})
+        await link.start()
+        assert await link.wait_connected(5)
         # Under nats-py's own 8 MB pending limit, above what the kernel holds.
-        first = await sink.publish(alerts(750, 8000))
+        published = await publish(link, 750, 8000)
         await asyncio.sleep(0.2)  # the flusher writes the first batch and blocks
-        second = await sink.publish(alerts(5, 100))
-        confirmation = await sink.confirm()
+        published += await publish(link, 5, 100)
+        confirmation = await link.ping(10)
         await asyncio.wait_for(confirmation, 15)
-        published = len(first.alerts) + len(second.alerts)
-        assert published == 755
-        assert log.pings[-1] == published
-        await sink.close(1)
+        assert log.pings[-1] == published == 755
+        await link.close(1)
 
 
-async def test_unanswered_confirmation_delivers_nothing() -> None:
-    async with wire_log() as (_, url):
-        sink = NatsSink({"servers": [url]}, publish_timeout=1)
-        await sink.start()
-        assert await sink.wait_connected(5)
-        sent = await sink.publish(alerts(3, 10))
-        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        failed.set_exception(TimeoutError())
-        delivery = sink.settle(sent, failed)
-        assert delivery.delivered == []
-        assert delivery.rejected == []
-        await sink.close(1)
+async def test_unanswered_confirmation_fails_with_link_down() -> None:
+    """A PING the server never answers (it stopped reading) fails the confirmation
+    after its timeout: the alerts before it are not taken as delivered."""
+    async with wire_log(hold=3.0) as (_, url):
+        link = NatsLink({"servers": [url]})
+        await link.start()
+        assert await link.wait_connected(5)
+        await publish(link, 750, 8000)
+        confirmation = await link.ping(1)
+        with contextlib.suppress(LinkDown):
+            await asyncio.wait_for(confirmation, 10)
+        assert isinstance(confirmation.exception(), LinkDown)
+        await link.close(1)
+
+
+async def test_a_pong_after_the_timeout_leaves_the_connection_working() -> None:
+    """The server answers a PING only after the confirmation gave up on it. nats-py
+    would leave its cancelled future queued, the late PONG would kill its read loop,
+    and every later flush() would return at once without a round trip. The next
+    confirmation must still be a real one: a PING the server reads after the
+    messages before it."""
+    async with wire_log(hold=2.0) as (log, url):
+        link = NatsLink({"servers": [url]})
+        await link.start()
+        assert await link.wait_connected(5)
+        await publish(link, 1, 10)
+        await asyncio.sleep(0.3)  # written: the server holds its reading now
+        late = await link.ping(0.5)
+        with contextlib.suppress(LinkDown):
+            await asyncio.wait_for(late, 5)
+        assert isinstance(late.exception(), LinkDown)
+        await asyncio.sleep(2.5)  # the server reads again and answers the first PING
+        # (The first PING is the one nats-py sends with CONNECT.)
+        assert log.pings[1:] == [1]
+        await publish(link, 2, 10)
+        confirmation = await link.ping(5)
+        await asyncio.wait_for(confirmation, 5)
+        assert log.pings[1:] == [1, 3]
+        assert link.connected
+        await link.close(1)

@@ -1,434 +1,476 @@
-"""The NATS sink: one long-lived connection, reconnecting forever, never one per alert.
+"""The NATS sink: publishing alerts, and knowing which ones NATS has.
 
-`publish` hands a batch of spooled alerts to NATS without waiting; what
-confirms them comes later, and `settle` says which NATS then has:
-- core NATS: alerts are published as they come; `confirm` sends a PING after
-  them, and its PONG says the server has read them all;
-- JetStream: every alert is published with an ack request, and each one counts
-  when its ack arrives (the publisher keeps a window of them in flight).
+`NatsSink.send` publishes a batch of spooled alerts in order, without waiting,
+and returns the `Group` that tracks their confirmation. How NATS confirms is
+the one thing that differs between the two modes, so each is a strategy:
+
+- `CoreConfirmation`: nothing comes back per message. A PING sent after a
+  group is answered only once the server has read everything before it, so
+  one PING confirms a whole group: the alerts published since the last PING.
+- `JetStreamConfirmation`: every publish asks for an ack on a reply subject
+  of the sink's own, and each alert counts when its ack says it is stored.
+
+Either way an alert that does not fit the server's `max_payload` (or the
+stream's `max_msg_size`) is shortened to fit (gateway.fit), and refused only
+when it cannot be: it is never sent as it is, since the server answers an
+oversize message by dropping the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-import nats.errors
-import nats.js.errors
 import orjson
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
-from gateway.config import redact
-from gateway.errors import StreamError
-from gateway.logs import StateLog, log
+from gateway.errors import LinkDown
+from gateway.fit import fit_payload
+from gateway.sinks.natspy import message_size
+from gateway.sinks.stream import StreamCheckFailed, StreamSettings, prepare_stream
 from gateway.spool import SpooledAlert
-from gateway.subject import SubjectTemplate
 
-LOG = logging.getLogger("gateway.nats")
+# Core NATS: at most one PING per this many seconds. Alerts go out as they come
+# (subscribers get them at once); the PING only says the server has them, so
+# the spool can forget them. At one Falco's pace a PING per alert would cost
+# about as much as the alert itself.
+CONFIRM_INTERVAL = 0.005
 
-# nats-py buffers publishes while it reconnects; the spool is the real buffer, so
-# this only needs to hold one batch.
-RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
-
-EXPECTED_STREAM = js_api.Header.EXPECTED_STREAM.value
-STATUS = js_api.Header.STATUS.value
+# JetStream's headers: the stream that must store the message, and the status of
+# an answer that came from no stream at all.
+EXPECTED_STREAM = "Nats-Expected-Stream"
+STATUS = "Status"
 NO_RESPONDERS = "503"
 
 
-@dataclass(frozen=True)
-class StreamSettings:
-    name: str = "FALCO"
-    subjects: tuple[str, ...] = ("falco.>",)
-    create: bool = False
-    storage: str = "file"
-    replicas: int = 1
-    max_age: float = 0.0
-    duplicate_window: float = 120.0
-    # The alerts' subjects, checked against an existing stream's own subjects.
-    subject_template: str = ""
+class Link(Protocol):
+    """What the sink needs of a connection (gateway.sinks.natspy.NatsLink)."""
+
+    on_change: Callable[[], None]
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def max_payload(self) -> int: ...
+
+    @property
+    def epoch(self) -> int:
+        """How many times the connection was lost so far."""
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], reply: str = ""
+    ) -> None: ...
+
+    async def ping(self, timeout: float) -> asyncio.Future[None]: ...
+
+    async def listen_replies(
+        self, prefix: str, callback: Callable[[Msg], Awaitable[None]]
+    ) -> None: ...
+
+    def new_inbox(self) -> str: ...
+
+    async def wait_connected(self, timeout: float | None = None) -> bool: ...
+
+
+class Refused(Exception):
+    """NATS will never take this alert: the reason says why."""
 
 
 @dataclass(slots=True)
-class Sent:
-    """Alerts handed to NATS and what confirms them."""
-
-    alerts: list[SpooledAlert]
-    acks: list[asyncio.Future[Any]]  # JetStream: one per alert, in order; core: none
-    rejected: list[tuple[SpooledAlert, str]]  # refused before sending: never deliverable
-    complete: bool = True  # False: a connection error stopped the batch part-way
-
-
-@dataclass(frozen=True, slots=True)
 class Delivery:
-    """What became of a batch: NATS has `delivered`; `rejected` can never be delivered."""
+    """What became of a group: NATS has `delivered`; `refused` can never be
+    delivered; from `resend_from` (a spool sequence number) on, alerts must be
+    sent again, for the reason in `problem`."""
 
     delivered: list[SpooledAlert]
-    rejected: list[tuple[SpooledAlert, str]]
+    refused: list[tuple[SpooledAlert, str]]
+    resend_from: int | None = None
+    problem: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Group:
+    """Alerts handed to NATS together and settled together, in spool order."""
+
+    alerts: list[SpooledAlert] = field(default_factory=list)
+    refused: list[tuple[SpooledAlert, str]] = field(default_factory=list)
+    # JetStream: one receipt per alert. Core: one, the PING's, once one covers the group.
+    receipts: list[asyncio.Future[None]] = field(default_factory=list)
+    # Loop time past which an unanswered group has failed; set once it is asked for.
+    deadline: float = math.inf
+    timer: asyncio.TimerHandle | None = None
+    pending: int = 0  # receipts not answered yet
+    done: bool = False  # settled or given up on: nothing joins it any more
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest alert in the group, sent or refused."""
+        return min(g[0].seq for g in (self.alerts, [a for a, _ in self.refused[:1]]) if g)
+
+    @property
+    def answered(self) -> bool:
+        if not self.alerts:
+            return True  # only refused alerts: nothing to wait for
+        return bool(self.receipts) and self.pending == 0
+
+    def watch(self, wake: Callable[[], None], timeout: float) -> None:
+        """Wake the publisher once every receipt is answered, or when overdue."""
+        self.pending = len(self.receipts)
+
+        def answered(_: object) -> None:
+            self.pending -= 1
+            if self.pending == 0:
+                wake()
+
+        for receipt in self.receipts:
+            receipt.add_done_callback(answered)
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + timeout
+        self.timer = loop.call_at(self.deadline, wake)
+
+    def outcome(self) -> Delivery:
+        """What NATS confirmed, once answered or overdue."""
+        delivery = Delivery([], list(self.refused))
+        shared = len(self.receipts) == 1
+        for i, alert in enumerate(self.alerts):
+            problem = _problem(self.receipts[0 if shared else i] if self.receipts else None)
+            if not problem:
+                delivery.delivered.append(alert)
+            elif problem.startswith(REFUSED):
+                delivery.refused.append((alert, problem))
+            elif delivery.resend_from is None:
+                delivery.resend_from, delivery.problem = alert.seq, problem
+        return delivery
+
+    def abandon(self) -> None:
+        """Stop waiting for this group (settled, or given up on in a rewind)."""
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        for receipt in self.receipts:
+            receipt.cancel()  # an answer that still comes changes nothing
+
+
+# How a problem that makes an alert undeliverable starts; other problems are retried.
+REFUSED = "refused: "
+STREAM_GONE = "no JetStream stream takes the subject (no responders)"
+NO_ANSWER = "no answer within publish_timeout"
+
+
+class Confirmation(Protocol):
+    """How NATS says it has an alert; one strategy per mode."""
+
+    async def start(self) -> None:
+        """Get ready on a new sink (JetStream: listen for acks)."""
+
+    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
+        """Publish one alert, its payload fitted to the limits; LinkDown if the
+        connection is gone."""
+
+    def place(self, published: Group) -> Group | None:
+        """Track what was just published: a new group for the window, or None when
+        it joined the group handed out before."""
+
+    async def request(self) -> None:
+        """Ask NATS to confirm what was published and is not asked about yet."""
+
+    def reset(self) -> None:
+        """Forget what was not asked about: the publisher rewound and sends it again."""
 
 
 class NatsSink:
+    """Publishes spooled alerts over a `Link`; the mode's strategy says what
+    confirms them."""
+
     def __init__(
         self,
-        options: dict[str, Any],
+        link: Link,
         stream: StreamSettings | None = None,
         *,
         publish_timeout: float = 5.0,
-        connect_timeout: int = 2,
-        reconnect_wait: int = 1,
+        jetstream: Callable[[], JetStreamContext | None] | None = None,
     ) -> None:
-        """`options`: nats-py connect arguments (gateway.nats_options.connect_options)."""
-        self.options = options
-        self.servers: list[str] = list(options["servers"])
+        """`jetstream`: the link's JetStream context (None while down), for checking
+        the stream."""
+        self.link = link
         self.stream = stream
         self.publish_timeout = publish_timeout
-        self._connect_timeout = connect_timeout
-        self._reconnect_wait = reconnect_wait
-        self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._connecting: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._stream_ready = False
-        self._acks = _Acks()
-        self.reconnects = 0
-        self.state = StateLog("nats", LOG)
-        # Called when the connection goes or comes back: the publisher must not
-        # wait for confirmations a lost connection will never bring.
+        self._jetstream = jetstream or (lambda: None)
+        self._max_msg_size: int | None = None
+        self._stream_ready = stream is None
+        self.strategy: Confirmation = (
+            CoreConfirmation(link, self._wake, publish_timeout)
+            if stream is None
+            else JetStreamConfirmation(link, stream.name, self._wake, publish_timeout)
+        )
+        # Called when something changed: answers came, the connection went or came back.
         self.on_change: Callable[[], None] = lambda: None
+        link.on_change = self._wake
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
-
-    @property
-    def status(self) -> str:
-        """Why the sink is or is not usable, for /healthz."""
-        return "connected" if self.connected else f"NATS {self.state.state}"
-
-    async def start(self) -> None:
-        """Connect in the background: the gateway accepts (and spools) meanwhile."""
-        self._connecting = asyncio.create_task(self._connect(), name="nats-connect")
+        return self.link.connected
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        return self.connected
-
-    async def _connect(self) -> None:
-        nc = Client()
-        first_error = True
-        self.state.change("connecting", servers=redact(",".join(self.servers)))
-
-        async def error_cb(exc: Exception) -> None:
-            nonlocal first_error
-            # nats-py calls this on every failed attempt; log an outage once.
-            if first_error:
-                log(logging.WARNING, "nats error", LOG, error=f"{type(exc).__name__}: {exc}")
-                first_error = False
-
-        async def disconnected_cb() -> None:
-            self._connected.clear()
-            if not nc.is_closed and not nc.is_draining:
-                self.state.change("disconnected", logging.WARNING)
-            self.on_change()
-
-        async def reconnected_cb() -> None:
-            nonlocal first_error
-            first_error = True
-            self.reconnects += 1
-            self.state.change("connected", server=_server(nc))
-            self._connected.set()
-            self.on_change()
-
-        async def closed_cb() -> None:
-            self._connected.clear()
-            self.state.change("closed")
-            self.on_change()
-
-        await nc.connect(
-            **self.options,
-            connect_timeout=self._connect_timeout,
-            reconnect_time_wait=self._reconnect_wait,
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
-            pending_size=RECONNECT_BUFFER_BYTES,
-            error_cb=error_cb,
-            disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
-            closed_cb=closed_cb,
-        )
-        # One JetStream context for the connection's life, for managing the stream.
-        self._js = nc.jetstream(timeout=self.publish_timeout)
-        if self.stream is not None:
-            await self._acks.start(nc)
-        self._nc = nc
-        first_error = True
-        self.state.change("connected", server=_server(nc))
-        self._connected.set()
+        return await self.link.wait_connected(timeout)
 
     @property
-    def stream_ready(self) -> bool:
+    def epoch(self) -> int:
+        return self.link.epoch
+
+    @property
+    def ready(self) -> bool:
         """Alerts can be published: core NATS, or the stream was checked."""
-        return self.stream is None or self._stream_ready
+        return self._stream_ready
 
-    async def ensure_stream(self) -> bool:
-        """Check, create or update the JetStream stream once connected.
+    async def start(self) -> None:
+        await self.strategy.start()
 
-        True when alerts can be published; False on a passing problem (not
-        connected, a timeout), to be tried again; StreamError when the stream
-        is missing and may not be created, or JetStream is off.
-        """
-        if self.stream is None or self._stream_ready:
-            return True
-        js = self._js
-        if js is None or not self.connected:
-            return False
+    async def prepare(self) -> None:
+        """Check (or create) the JetStream stream. StreamError when it cannot be
+        used as configured; LinkDown on a passing problem, to be tried again."""
+        if self._stream_ready or self.stream is None:
+            return
+        js = self._jetstream()
+        if js is None:
+            raise LinkDown("not connected to NATS")
         try:
-            await self._check_stream(js, self.stream)
-        except nats.js.errors.ServiceUnavailableError:
-            raise StreamError(
-                "JetStream is not enabled on the NATS server (start it with -js)"
-            ) from None
-        except (NatsError, TimeoutError) as exc:
-            if isinstance(exc, StreamError):
-                raise
-            log(logging.WARNING, "stream check failed, will retry", LOG, error=type(exc).__name__)
-            return False
+            self._max_msg_size = await prepare_stream(js, self.stream)
+        except StreamCheckFailed as exc:
+            raise LinkDown(f"stream check failed: {exc}") from exc
         self._stream_ready = True
-        return True
 
-    async def _check_stream(self, js: JetStreamContext, wanted: StreamSettings) -> None:
-        try:
-            info = await js.stream_info(wanted.name)
-        except nats.js.errors.NotFoundError:
-            if not wanted.create:
-                raise StreamError(
-                    f"JetStream stream {wanted.name!r} does not exist; create it "
-                    f"(subjects {', '.join(wanted.subjects)}) or set stream_create: true"
-                ) from None
-            await js.add_stream(_stream_config(wanted))
-            log(
-                logging.INFO,
-                "stream created",
-                LOG,
-                stream=wanted.name,
-                subjects=",".join(wanted.subjects),
-            )
-            return
-        if wanted.create:
-            await js.update_stream(_stream_config(wanted))
-            return
-        subjects = info.config.subjects or []
-        template = SubjectTemplate(wanted.subject_template) if wanted.subject_template else None
-        missing = template.uncaptured(subjects) if template is not None else None
-        if missing is not None:
-            # JetStream would answer every such alert "no responders", forever.
-            raise StreamError(
-                f"JetStream stream {wanted.name!r} (subjects {', '.join(subjects) or 'none'}) "
-                f"does not capture {missing!r}, a subject of subject_template "
-                f"{wanted.subject_template!r}; add it to the stream's subjects, or set "
-                "stream_create: true to have the gateway set them"
-            )
-        if info.config.duplicate_window and info.config.duplicate_window < wanted.duplicate_window:
-            log(
-                logging.WARNING,
-                "stream duplicate window is shorter than dedup_window",
-                LOG,
-                stream=wanted.name,
-                duplicate_window=info.config.duplicate_window,
-            )
-
-    async def publish(self, batch: Sequence[SpooledAlert]) -> Sent:
-        """Hand `batch` to NATS without waiting for it to be confirmed.
-
-        JetStream: each alert's ack future is in `acks`. Core NATS: nothing is
-        confirmed per alert; `confirm()` covers everything published before it.
-        Stops at the first connection error (`complete` False): the alerts not
-        in `alerts` or `rejected` were not sent.
-        """
-        sent = Sent([], [], [], complete=False)
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return sent
-        stream = self.stream.name if self.stream is not None else None
-        acks = self._acks
-        try:
+    async def send(self, batch: Sequence[SpooledAlert]) -> tuple[Group | None, int]:
+        """Publish `batch` in order. Returns the group now tracking it (None when
+        it joined the group handed out before) and how many alerts of `batch` it
+        took: fewer than all when the connection broke part-way."""
+        published = Group()
+        limit = self._limit()
+        with contextlib.suppress(LinkDown):
             for alert in batch:
                 try:
-                    if stream is None:
-                        await nc.publish(alert.subject, alert.payload, headers=alert.headers)
-                    else:
-                        # JetStream stores it only in the expected stream, and says so
-                        # on the reply subject.
-                        reply, ack = acks.expect()
-                        headers = {**alert.headers, EXPECTED_STREAM: stream}
-                        try:
-                            await nc.publish(alert.subject, alert.payload, reply, headers)
-                        except BaseException:
-                            acks.forget(reply)
-                            raise
-                        sent.acks.append(ack)
-                except nats.errors.MaxPayloadError:
-                    sent.rejected.append((alert, _too_big(alert)))
+                    payload = _fitted(alert, limit)
+                except Refused as exc:
+                    published.refused.append((alert, str(exc)))
                     continue
-                sent.alerts.append(alert)
-        except (NatsError, OSError):
-            return sent
-        sent.complete = True
-        return sent
+                await self.strategy.publish(alert, payload)
+                published.alerts.append(alert)
+        handled = len(published.alerts) + len(published.refused)
+        return (self.strategy.place(published) if handled else None), handled
 
-    async def confirm(self) -> asyncio.Future[None]:
-        """Core NATS: a future done once the server has read everything published so
-        far (a PING it answers after them); failed if it does not answer in time."""
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return _failed(nats.errors.ConnectionClosedError())
-        # nats-py's flush() writes its PING straight to the socket, ahead of any
-        # publishes still queued for its flusher task (nats-py 2.16), so a PONG would
-        # not cover them. Let the flusher write its queue first: one turn of the loop
-        # (it was woken before this), more while back-pressure holds it.
-        await asyncio.sleep(0)
-        while nc._pending and nc.is_connected:  # noqa: ASYNC110 - nats-py has no event for it
-            await asyncio.sleep(0.001)
-        return asyncio.ensure_future(nc.flush(timeout=max(1, round(self.publish_timeout))))
+    async def request(self) -> None:
+        """Ask NATS to confirm what was sent and not asked about yet."""
+        await self.strategy.request()
 
-    def settle(self, sent: Sent, confirmation: asyncio.Future[None] | None) -> Delivery:
-        """What NATS confirmed of `sent`, once its acks (JetStream) or its
-        `confirmation` (core) are done. Alerts in neither list are to be sent again."""
-        delivered: list[SpooledAlert] = []
-        rejected = list(sent.rejected)
-        if not sent.acks:
-            ok = confirmation is not None and _succeeded(confirmation)
-            return Delivery(list(sent.alerts) if ok else [], rejected)
-        for alert, ack in zip(sent.alerts, sent.acks, strict=True):
-            if not ack.done() or ack.cancelled():
-                continue
-            error = ack.exception()
-            if error is None:
-                delivered.append(alert)
-            elif isinstance(error, nats.js.errors.APIError) and error.code == 400:
-                rejected.append((alert, f"JetStream refused it: {error.description}"))
-        return Delivery(delivered, rejected)
+    def settle(self, group: Group) -> Delivery:
+        """What NATS confirmed of `group`, answered or overdue; stop watching it."""
+        delivery = group.outcome()
+        group.abandon()
+        if delivery.problem == STREAM_GONE:
+            # Deleted, or its subjects edited: check it again before the next
+            # publish, and create it again if allowed.
+            self._stream_ready = False
+        return delivery
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Flush and close; bounded by `timeout`."""
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
-        nc = self._nc
-        if nc is None or nc.is_closed:
+    def reset(self) -> None:
+        self.strategy.reset()
+
+    def _limit(self) -> int:
+        limit = self.link.max_payload
+        if self._max_msg_size is not None:
+            limit = min(limit, self._max_msg_size)
+        return limit
+
+    def _wake(self) -> None:
+        self.on_change()
+
+
+def _fitted(alert: SpooledAlert, limit: int) -> bytes:
+    """The alert's payload, shortened if it does not fit `limit` with its headers."""
+    headers = message_size(b"", alert.headers) + _EXTRA_HEADERS
+    if len(alert.payload) + headers <= limit:
+        return alert.payload
+    fitted = fit_payload(alert.payload, limit - headers)
+    if fitted is None:
+        raise Refused(
+            f"{REFUSED}alert of {len(alert.payload)} bytes cannot be shortened "
+            f"to the {limit} bytes NATS takes"
+        )
+    return fitted
+
+
+# Room for the header JetStream publishes add (Nats-Expected-Stream with a stream
+# name of up to 255 characters, as JetStream allows).
+_EXTRA_HEADERS = len(EXPECTED_STREAM) + 2 + 255 + 2
+
+
+class CoreConfirmation:
+    """Core NATS: one PING at a time, covering every alert published before it."""
+
+    def __init__(self, link: Link, wake: Callable[[], None], timeout: float) -> None:
+        self.link = link
+        self.wake = wake
+        self.timeout = timeout
+        self._unasked: Group | None = None  # published since the last PING
+        self._pinging = False
+        self._next_ping = 0.0  # loop time before which no PING is sent
+        self._ping_timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
+        await self.link.publish(alert.subject, payload, alert.headers)
+
+    def place(self, published: Group) -> Group | None:
+        # One Falco's pace publishes an alert or two per turn; everything until the
+        # next PING is one group, settled together. (A group of refused alerts alone
+        # needs no PING and may be settled before one is sent.)
+        if self._unasked is not None and not self._unasked.done:
+            self._unasked.alerts += published.alerts
+            self._unasked.refused += published.refused
+            return None
+        self._unasked = published
+        return published
+
+    async def request(self) -> None:
+        group = self._unasked
+        if group is None or self._pinging or self._ping_timer is not None:
             return
-        try:
-            await asyncio.wait_for(nc.drain(), timeout)
-        except (TimeoutError, NatsError) as exc:
-            log(logging.WARNING, "nats drain incomplete", LOG, error=type(exc).__name__)
-            await nc.close()
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_ping:
+            self._ping_timer = loop.call_at(self._next_ping, self._ping_due)
+            return
+        self._unasked = None
+        if not group.alerts:
+            return  # only refused alerts: nothing to ask about
+        self._next_ping = loop.time() + CONFIRM_INTERVAL
+        self._pinging = True
+        confirmation = await self.link.ping(self.timeout)
+        group.receipts.append(confirmation)
+        group.watch(self.wake, self.timeout)
+        confirmation.add_done_callback(self._answered)
+
+    def reset(self) -> None:
+        self._unasked = None
+        self._pinging = False
+
+    def _answered(self, _: object) -> None:
+        self._pinging = False
+        self.wake()
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        self.wake()
 
 
-class _Acks:
-    """JetStream's answers to our publishes, on one reply subscription of our own.
+class JetStreamConfirmation:
+    """JetStream: an ack per alert, on one reply subscription of the sink's own.
 
     nats-py's publish_async costs, per alert, a random token (a getrandom call), a
     semaphore, a future with its callbacks, json.loads and a PubAck dataclass; and
-    an error answer raises inside its callback and leaves the future pending, so a
-    refused alert would wait out publish_timeout and be sent again forever. The
-    publisher's window already bounds what is in flight, and an answer only needs
-    to say stored, or why not.
+    an error answer raises inside its callback and leaves the future pending
+    (docs/upstream/publish-async-error-ack-pending.md), so a refused alert would
+    wait out publish_timeout and be sent again forever. The publisher's window
+    already bounds what is in flight, and an answer only needs to say stored, or
+    why not.
     """
 
-    # Futures the publisher gave up on (a rewind cancels them) stay until their
+    # Receipts the publisher gave up on (a rewind cancels them) stay until their
     # answer comes; past this many, the ones already done are dropped.
     SWEEP_AT = 16_384
 
-    def __init__(self) -> None:
+    def __init__(self, link: Link, stream: str, wake: Callable[[], None], timeout: float) -> None:
+        self.link = link
+        self.stream = stream
+        self.wake = wake
+        self.timeout = timeout
         self.prefix = ""
         self._next = 0
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._receipts: list[asyncio.Future[None]] = []  # of the group being published
 
-    async def start(self, nc: Client) -> None:
-        """Subscribe once per connection (nats-py renews it on every reconnect)."""
-        self.prefix = nc.new_inbox() + "."
-        await nc.subscribe(self.prefix + "*", cb=self._answered)
+    async def start(self) -> None:
+        self.prefix = self.link.new_inbox() + "."
+        await self.link.listen_replies(self.prefix, self._answered)
 
-    def expect(self) -> tuple[str, asyncio.Future[None]]:
-        """A reply subject for one publish, and the future its answer settles."""
+    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
         if len(self._waiting) >= self.SWEEP_AT:
             self._waiting = {t: f for t, f in self._waiting.items() if not f.done()}
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
-        return self.prefix + token, future
+        # Waited for before publishing: the answer can come while publish is suspended.
+        receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = receipt
+        # JetStream stores it only in the expected stream, and says so on the reply.
+        headers = {**alert.headers, EXPECTED_STREAM: self.stream}
+        try:
+            await self.link.publish(alert.subject, payload, headers, self.prefix + token)
+        except BaseException:
+            del self._waiting[token]
+            raise
+        self._receipts.append(receipt)
 
-    def forget(self, reply: str) -> None:
-        """The publish did not go out: no answer will come."""
-        future = self._waiting.pop(reply[len(self.prefix) :], None)
-        if future is not None:
-            future.cancel()
+    def place(self, published: Group) -> Group | None:
+        published.receipts, self._receipts = self._receipts, []
+        published.watch(self.wake, self.timeout)
+        return published
+
+    async def request(self) -> None:
+        return None  # each publish asked for its own ack
+
+    def reset(self) -> None:
+        self._receipts = []
 
     async def _answered(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self.prefix) :], None)
-        if future is None or future.done():
+        receipt = self._waiting.pop(msg.subject[len(self.prefix) :], None)
+        if receipt is None or receipt.done():
             return  # given up on (rewound), or a second answer
-        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
-            # No stream takes the subject: worth retrying (the stream may come).
-            future.set_exception(nats.js.errors.NoStreamResponseError())
-            return
-        try:
-            answer = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            future.set_exception(nats.js.errors.APIError(description="unreadable JetStream ack"))
-            return
-        error = answer.get("error")
-        if error is None:
-            future.set_result(None)
-            return
-        if not isinstance(error, dict):
-            error = {"description": str(error)}
-        future.set_exception(
-            nats.js.errors.APIError(
-                code=error.get("code"),
-                err_code=error.get("err_code"),
-                description=error.get("description"),
-            )
-        )
+        problem = _ack_problem(msg)
+        if problem:
+            receipt.set_exception(AckProblem(problem))
+        else:
+            receipt.set_result(None)
 
 
-def _stream_config(settings: StreamSettings) -> js_api.StreamConfig:
-    return js_api.StreamConfig(
-        name=settings.name,
-        subjects=list(settings.subjects),
-        storage=js_api.StorageType(settings.storage),
-        num_replicas=settings.replicas,
-        max_age=settings.max_age or None,
-        duplicate_window=settings.duplicate_window,
-    )
+class AckProblem(Exception):
+    """Why JetStream did not store an alert."""
 
 
-def _failed(error: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
+def _ack_problem(msg: Msg) -> str:
+    """'' when JetStream's answer says the alert is stored; otherwise why not."""
+    if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+        # No stream takes the subject: it may come back, or be created again.
+        return STREAM_GONE
+    try:
+        answer = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        return "unreadable JetStream ack"
+    error = answer.get("error")
+    if error is None:
+        return ""
+    if not isinstance(error, dict):
+        error = {"description": str(error)}
+    description = f"JetStream: {error.get('description')} ({error.get('code')})"
+    if error.get("code") == 400:
+        # The message itself is wrong for the stream: it can never be stored.
+        return REFUSED + description
+    return description  # stream full, storage failing, no leader: retried
 
 
-def _succeeded(future: asyncio.Future[None]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
-
-
-def _too_big(alert: SpooledAlert) -> str:
-    return f"alert of {len(alert.payload)} bytes exceeds the NATS server's max_payload"
-
-
-def _server(nc: Client) -> str:
-    url = nc.connected_url
-    return f"{url.hostname}:{url.port}" if url is not None else "?"
+def _problem(receipt: asyncio.Future[None] | None) -> str:
+    """'' when the receipt says NATS has the alert; otherwise why not."""
+    if receipt is None or not receipt.done() or receipt.cancelled():
+        return NO_ANSWER
+    error = receipt.exception()
+    if error is None:
+        return ""
+    return str(error) or type(error).__name__
