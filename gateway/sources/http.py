@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hmac
 import logging
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -33,12 +35,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
+from gateway.echo import echo
 from gateway.errors import AlertError, SpoolFull
 from gateway.event import FalcoEvent
 from gateway.logs import OncePer, log
-from gateway.normalize import DEFAULT_LIMITS, Limits, from_http_body, self_test_event
+from gateway.normalize import (
+    DEFAULT_LIMITS,
+    Limits,
+    from_http_body,
+    replace_bad_utf8,
+    self_test_event,
+)
 from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
 from gateway.sources.deadlines import ReadDeadlines
+from gateway.sources.unexpected import UnexpectedErrors
 
 LOG = logging.getLogger("gateway.http")
 
@@ -51,6 +61,13 @@ HEALTH_PATHS = frozenset({"/ping", "/healthz", "/readyz", "/metrics"})
 # Paths that need the basic-auth credentials when they are set: the ones that
 # publish. Probes and Prometheus cannot easily send them, and reveal no alert.
 _AUTH_PATHS = frozenset({"/", "/test"})
+# Bodies past this size (a Falco alert is ~1-2 KB) are read a few at a time, so
+# that http_max_in_flight large bodies cannot all be held at once: memory stays
+# within http_max_in_flight x 1 MiB + LARGE_BODIES_AT_ONCE x max_body_bytes.
+LARGE_BODY = 1024 * 1024
+LARGE_BODIES_AT_ONCE = 4
+# Content-Encodings a body may come in (Falco sends none): decoded within max_body_bytes.
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -99,8 +116,16 @@ class AlertIntake:
         self.read_timeout = read_timeout
         self.in_flight = 0
         self.rejections = OncePer()
+        self._repairs = OncePer()
+        self.unexpected = UnexpectedErrors(pipeline.telemetry, "http", LOG)
 
-    async def answer(self, read_body: Callable[[], Awaitable[bytes]], content_type: str) -> Answer:
+    async def answer(
+        self,
+        read_body: Callable[[], Awaitable[bytes]],
+        content_type: str,
+        content_encoding: str | None = None,
+        max_body_bytes: int = LARGE_BODY,
+    ) -> Answer:
         if self.in_flight >= self.max_in_flight:
             # Bounded memory and event-loop time whatever the number of clients;
             # the body is not read, so a flood costs little.
@@ -110,7 +135,9 @@ class AlertIntake:
         try:
             body = await read_body()
             try:
-                event = from_http_body(body, content_type, self.limits)
+                if content_encoding is not None:
+                    body = _decoded(body, content_encoding, max_body_bytes)
+                event = self._event(body, content_type)
             except AlertError as exc:
                 self.pipeline.rejected("http", exc.kind)
                 if self.rejections.first(exc.reason):
@@ -122,16 +149,58 @@ class AlertIntake:
         finally:
             self.in_flight -= 1
 
+    def _event(self, body: bytes, content_type: str) -> FalcoEvent:
+        try:
+            return from_http_body(body, content_type, self.limits)
+        except AlertError as exc:
+            if exc.kind != "not_utf8":
+                raise
+            not_utf8 = exc
+        # Bytes that are not UTF-8: replaced by U+FFFD as Falco's own JSON does (and the
+        # gRPC path), and the alert goes out rather than being lost.
+        try:
+            event = from_http_body(replace_bad_utf8(body), content_type, self.limits)
+        except AlertError as exc:
+            raise not_utf8 if exc.kind == "malformed_json" else exc from None
+        self.pipeline.telemetry.repaired("http", "not_utf8")
+        if self._repairs.first("not_utf8"):
+            log(
+                logging.WARNING,
+                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
+                LOG,
+                path="http",
+                rule=event.rule[:256],
+            )
+        return event
+
     def http_error(self, exc: HTTPException, method: str, path: str, max_body_bytes: int) -> Answer:
+        # The body was left unread (or half read): the connection cannot carry
+        # another request, and the answer says so.
         if isinstance(exc, RequestEntityTooLarge):
             self.pipeline.rejected("http", "too_large")
-            return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
+            return _error(
+                413,
+                f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)",
+                _CLOSE,
+            )
         if isinstance(exc, RequestTimeout):
             self.pipeline.rejected("http", "read_timeout")
             return _error(
-                408, f"request body not complete within {self.read_timeout:g} s (http_read_timeout)"
+                408,
+                f"request body not complete within {self.read_timeout:g} s (http_read_timeout)",
+                _CLOSE,
             )
-        return _error(exc.code or 400, f"{exc.name}: {method} {path}")
+        return _error(exc.code or 400, f"{exc.name}: {method} {_bounded(path)}")
+
+    def unexpected_error(self, exc: Exception, method: str, path: str) -> Answer:
+        """Any exception no code expected: counted, logged once per kind, answered."""
+        self.unexpected.record(exc, f"answering {method} {_bounded(path)}")
+        return _error(
+            500,
+            f"internal error ({type(exc).__name__}); the gateway logged it "
+            "(falco_nats_gateway_unexpected_errors_total)",
+            _CLOSE,
+        )
 
 
 def create_app(
@@ -167,10 +236,11 @@ def create_app(
             and not auth.allows(request.headers.get("Authorization"))
         ):
             pipeline.rejected("http", "unauthorized")
+            # The body stays unread, so this connection cannot carry another request.
             return _error(
                 401,
                 "basic-auth credentials missing or wrong",
-                (("WWW-Authenticate", 'Basic realm="falco-nats-gateway"'),),
+                (("WWW-Authenticate", 'Basic realm="falco-nats-gateway"'), *_CLOSE),
             ).response()
         return None
 
@@ -183,7 +253,12 @@ def create_app(
             assert isinstance(body, bytes)
             return body
 
-        answer = await intake.answer(read, request.headers.get("Content-Type", _JSON))
+        answer = await intake.answer(
+            read,
+            request.headers.get("Content-Type", _JSON),
+            request.headers.get("Content-Encoding"),
+            max_body_bytes,
+        )
         return answer.response()
 
     @app.post("/test")
@@ -217,6 +292,10 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         return intake.http_error(exc, request.method, request.path, max_body_bytes).response()
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        return intake.unexpected_error(exc, request.method, request.path).response()
 
     return HttpApp(
         app,
@@ -252,36 +331,61 @@ class HttpApp:
         self.auth = auth
         self.health_port = health_port
         self.deadlines = ReadDeadlines(intake.read_timeout)
+        self.large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._dispatch(scope, receive, send)
+        except Exception as exc:  # the ASGI boundary: nothing unexpected reaches Hypercorn
+            if scope["type"] != "http":
+                raise
+            answer = self.intake.unexpected_error(exc, scope["method"], scope["path"])
+            # Hypercorn refuses a second response start (the first went out before the
+            # error): then there is nothing left to tell the client.
+            with contextlib.suppress(Exception):
+                await answer.send(send, scope)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
             server = scope.get("server") or ("", None)
             if self.health_port is None or server[1] != self.health_port:
                 headers = _headers(scope)
                 if self.auth is None or self.auth.allows(headers.get(b"authorization")):
-                    await self._alert(headers, receive, send)
+                    await self._alert(scope, headers, receive, send)
                     return
         await self.quart(scope, receive, send)
 
-    async def _alert(self, headers: dict[bytes, str], receive: Receive, send: Send) -> None:
+    async def _alert(
+        self, scope: HTTPScope, headers: dict[bytes, str], receive: Receive, send: Send
+    ) -> None:
         async def read() -> bytes:
             return await self._read_body(headers, receive)
 
         try:
-            answer = await self.intake.answer(read, headers.get(b"content-type", _JSON))
+            answer = await self.intake.answer(
+                read,
+                headers.get(b"content-type", _JSON),
+                headers.get(b"content-encoding"),
+                self.max_body_bytes,
+            )
         except _Disconnected:
             return
         except HTTPException as exc:
             answer = self.intake.http_error(exc, "POST", "/", self.max_body_bytes)
-        await answer.send(send)
+        await answer.send(send, scope)
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
-        """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it."""
+        """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it.
+
+        Read as it streams in, counted chunk by chunk (a chunked body announces no
+        length); past LARGE_BODY a body waits for one of LARGE_BODIES_AT_ONCE turns.
+        """
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise RequestEntityTooLarge()
         chunks: list[bytes] = []
         size = 0
+        large = False
         deadlines = self.deadlines
         task = deadlines.enter()
         try:
@@ -292,8 +396,13 @@ class HttpApp:
                 chunk = cast("bytes", message.get("body", b""))
                 if chunk:
                     size += len(chunk)
-                    # Also for a chunked body, which announces no length.
-                    if size > self.max_body_bytes:
+                    if size > LARGE_BODY and not large:
+                        if size > self.max_body_bytes:
+                            raise RequestEntityTooLarge()
+                        # Waits within the read deadline: a turn that never comes is a 408.
+                        await self.large_bodies.acquire()
+                        large = True
+                    elif size > self.max_body_bytes:
                         raise RequestEntityTooLarge()
                     chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -304,6 +413,8 @@ class HttpApp:
             raise
         finally:
             deadlines.leave(task)
+            if large:
+                self.large_bodies.release()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -332,6 +443,10 @@ class Answer:
         response = Response(self.body, status=self.status, content_type=self.content_type)
         for name, value in self.headers:
             response.headers[name] = value
+        # HTTP/2 has no Connection header (h2 refuses to send one); a stream of an
+        # HTTP/2 connection ends on its own.
+        if _CLOSE[0] in self.headers and request.http_version == "2":
+            del response.headers["Connection"]
         return response
 
     @functools.cached_property
@@ -342,11 +457,14 @@ class Answer:
         ]
         return raw + [(name.lower().encode(), value.encode()) for name, value in self.headers]
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send, scope: HTTPScope | None = None) -> None:
+        headers = self.raw_headers
+        if _CLOSE[0] in self.headers and scope is not None and scope["http_version"] == "2":
+            headers = [h for h in headers if h[0] != b"connection"]
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": self.status,
-            "headers": list(self.raw_headers),
+            "headers": list(headers),
         }
         await send(start)
         body: HTTPResponseBodyEvent = {
@@ -355,6 +473,45 @@ class Answer:
             "more_body": False,
         }
         await send(body)
+
+
+# On an answer given before the body was read whole (HTTP/1.x): the rest of the
+# body would be taken for the next request, so the connection ends here.
+_CLOSE = (("Connection", "close"),)
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
+    """`body` decoded from its Content-Encoding, at most `limit` bytes; AlertError otherwise."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return body
+    wbits = _DECODERS.get(name)
+    if wbits is None:
+        raise AlertError(
+            f"Content-Encoding {echo(encoding)} is not supported: send the body "
+            "uncompressed (or gzip or deflate)",
+            415,
+            "unsupported_encoding",
+        )
+    decoder = zlib.decompressobj(wbits)
+    try:
+        data = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise AlertError(f"body is not valid {name} data ({exc})", kind="bad_encoding") from None
+    if len(data) > limit:
+        raise AlertError(
+            f"{name} body decodes to more than {limit} bytes (max_body_bytes)",
+            413,
+            "too_large",
+        )
+    if not decoder.eof:
+        raise AlertError(f"{name} body is truncated", kind="bad_encoding")
+    return data
+
+
+def _bounded(path: str) -> str:
+    # A request path is the sender's text: quoted up to 256 characters (h11 takes 16 KiB).
+    return path if len(path) <= 256 else f"{path[:256]}... ({len(path)} characters)"
 
 
 def _json(status: int, body: bytes) -> Answer:
@@ -367,7 +524,9 @@ def _error(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) 
 
 def _busy(limit: int) -> Answer:
     return _error(
-        503, f"more than {limit} requests in flight (http_max_in_flight)", (("Retry-After", "1"),)
+        503,
+        f"more than {limit} requests in flight (http_max_in_flight)",
+        (("Retry-After", "1"), *_CLOSE),
     )
 
 

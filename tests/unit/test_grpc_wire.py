@@ -6,7 +6,7 @@ import pytest
 
 from gateway.echo import echo
 from gateway.errors import AlertError
-from gateway.falco_pb import outputs_pb2
+from gateway.falco_pb import outputs_pb2, schema_pb2
 from gateway.sources.grpc_wire import repaired_response
 
 
@@ -16,8 +16,8 @@ def _sample() -> outputs_pb2.response:
         output="out",
         hostname="HOST",
         source="syscall",
-        priority=3,
-        source_deprecated=1,
+        priority=schema_pb2.ERROR,
+        source_deprecated=schema_pb2.K8S_AUDIT,
         tags=["a", "TAGX"],
     )
     response.time.seconds = 1_700_000_000
