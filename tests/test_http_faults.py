@@ -253,3 +253,12 @@ def test_alert_error_is_what_the_decoder_raises() -> None:
     with pytest.raises(AlertError, match="truncated"):
         http_source._decoded(gzip.compress(b"{}")[:-8], "gzip", 1024)
     assert http_source._decoded(b"{}", "identity", 1024) == b"{}"
+
+
+async def test_a_long_request_path_is_not_echoed_whole(nats_server: NatsServer) -> None:
+    async with running_gateway(nats_server.url) as gw, gw.client() as http:
+        response = await http.get("/" + "p" * 10_000)
+    assert response.status in (404, 405)
+    error = orjson.loads(response.body)["error"]
+    assert len(error) < 400
+    assert "10001 characters" in error

@@ -190,7 +190,7 @@ class AlertIntake:
                 f"request body not complete within {self.read_timeout:g} s (http_read_timeout)",
                 _CLOSE,
             )
-        return _error(exc.code or 400, f"{exc.name}: {method} {_bounded(path)}")
+        return _error(exc.code or 400, f"{exc.name}: {_bounded(method)} {_bounded(path)}")
 
     def unexpected_error(self, exc: Exception, method: str, path: str) -> Answer:
         """Any exception no code expected: counted, logged once per kind, answered."""
@@ -509,9 +509,9 @@ def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def _bounded(path: str) -> str:
-    # A request path is the sender's text: quoted up to 256 characters (h11 takes 16 KiB).
-    return path if len(path) <= 256 else f"{path[:256]}... ({len(path)} characters)"
+def _bounded(text: str) -> str:
+    # A request line is the sender's text: quoted up to 256 characters (h11 takes 16 KiB).
+    return text if len(text) <= 256 else f"{text[:256]}... ({len(text)} characters)"
 
 
 def _json(status: int, body: bytes) -> Answer:
