@@ -6,6 +6,7 @@ so the Falco stand-in sends such messages as raw bytes (`emit_raw`).
 
 from __future__ import annotations
 
+import copy
 import re
 
 import grpc.aio
@@ -136,8 +137,10 @@ async def test_a_stream_that_ends_at_once_backs_off_instead_of_reconnecting_hot(
         source = gw.gateway.grpc
         assert source is not None
         await until(lambda: source.connects >= 4, "four connects")
-        # Each connect delivered nothing and ended at once: the backoff grew
-        # (0.1, 0.2, 0.4 s ceilings...) rather than restarting from 0.1 s each time.
+        # Each connect delivered nothing and ended at once: the backoff grew (ceilings
+        # 0.1, 0.2, 0.4, 0.8 s...) rather than restarting from 0.1 s at each connect.
+        probe = copy.copy(source.backoff)
+        assert probe.next_delay() >= 0.4
         assert source.last_delay > source.backoff.initial
         falco.end_streams_at_once(False)
         alert = next(iter(stream("node-1", 1)))
