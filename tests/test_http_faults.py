@@ -8,6 +8,9 @@ import logging
 import zlib
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import orjson
 import pytest
 
@@ -262,3 +265,47 @@ async def test_a_long_request_path_is_not_echoed_whole(nats_server: NatsServer) 
     error = orjson.loads(response.body)["error"]
     assert len(error) < 400
     assert "10001 characters" in error
+
+
+async def test_an_early_answer_over_http2_is_sent_without_a_connection_header(
+    nats_server: NatsServer,
+) -> None:
+    """HTTP/2 has no Connection header: the h2 stack drops it, and the answer still goes out."""
+    async with running_gateway(nats_server.url, max_body_bytes=4096) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.settings.listen_port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()  # h2c with prior knowledge
+        stream_id = conn.get_next_available_stream_id()
+        body = b"x" * 5000
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":path", "/"),
+                (":scheme", "http"),
+                (":authority", "gw"),
+                ("content-length", str(len(body))),
+            ],
+        )
+        conn.send_data(stream_id, body, end_stream=True)
+        writer.write(conn.data_to_send())
+        headers: list[tuple[bytes, bytes]] = []
+        data = b""
+        ended = False
+        while not ended:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "connection closed before the answer"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                else:
+                    assert not isinstance(event, h2.events.StreamReset), event
+            writer.write(conn.data_to_send())
+        writer.close()
+    assert (b":status", b"413") in headers
+    assert b"connection" not in dict(headers)
+    assert "4096 bytes (max_body_bytes)" in orjson.loads(data)["error"]

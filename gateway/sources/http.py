@@ -343,7 +343,7 @@ class HttpApp:
             # Hypercorn refuses a second response start (the first went out before the
             # error): then there is nothing left to tell the client.
             with contextlib.suppress(Exception):
-                await answer.send(send, scope)
+                await answer.send(send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
@@ -351,13 +351,11 @@ class HttpApp:
             if self.health_port is None or server[1] != self.health_port:
                 headers = _headers(scope)
                 if self.auth is None or self.auth.allows(headers.get(b"authorization")):
-                    await self._alert(scope, headers, receive, send)
+                    await self._alert(headers, receive, send)
                     return
         await self.quart(scope, receive, send)
 
-    async def _alert(
-        self, scope: HTTPScope, headers: dict[bytes, str], receive: Receive, send: Send
-    ) -> None:
+    async def _alert(self, headers: dict[bytes, str], receive: Receive, send: Send) -> None:
         async def read() -> bytes:
             return await self._read_body(headers, receive)
 
@@ -372,7 +370,7 @@ class HttpApp:
             return
         except HTTPException as exc:
             answer = self.intake.http_error(exc, "POST", "/", self.max_body_bytes)
-        await answer.send(send, scope)
+        await answer.send(send)
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
         """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it.
@@ -443,10 +441,6 @@ class Answer:
         response = Response(self.body, status=self.status, content_type=self.content_type)
         for name, value in self.headers:
             response.headers[name] = value
-        # HTTP/2 has no Connection header (h2 refuses to send one); a stream of an
-        # HTTP/2 connection ends on its own.
-        if _CLOSE[0] in self.headers and request.http_version == "2":
-            del response.headers["Connection"]
         return response
 
     @functools.cached_property
@@ -457,14 +451,11 @@ class Answer:
         ]
         return raw + [(name.lower().encode(), value.encode()) for name, value in self.headers]
 
-    async def send(self, send: Send, scope: HTTPScope | None = None) -> None:
-        headers = self.raw_headers
-        if _CLOSE[0] in self.headers and scope is not None and scope["http_version"] == "2":
-            headers = [h for h in headers if h[0] != b"connection"]
+    async def send(self, send: Send) -> None:
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": self.status,
-            "headers": list(headers),
+            "headers": list(self.raw_headers),
         }
         await send(start)
         body: HTTPResponseBodyEvent = {
@@ -475,8 +466,9 @@ class Answer:
         await send(body)
 
 
-# On an answer given before the body was read whole (HTTP/1.x): the rest of the
-# body would be taken for the next request, so the connection ends here.
+# On an answer given before the body was read whole: on HTTP/1.x the rest of the
+# body would be taken for the next request, so the connection ends here (h2 drops
+# the header, as HTTP/2 wants: there the stream alone ends).
 _CLOSE = (("Connection", "close"),)
 
 
