@@ -44,8 +44,8 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
     nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     falco = await start_falco(socket_path)
-    good = list(stream("node-1", 8))
-    base = [to_grpc_response(e) for e in stream("node-2", 7)]
+    good = list(stream("node-1", 9))
+    base = [to_grpc_response(e) for e in stream("node-2", 8)]
 
     bad_rule = outputs_pb2.response()
     bad_rule.CopyFrom(base[0])
@@ -65,6 +65,10 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
     overflowing = outputs_pb2.response()
     overflowing.CopyFrom(base[5])
     overflowing.time.nanos = 2_000_000_000
+    bad_rule_far = outputs_pb2.response()
+    bad_rule_far.CopyFrom(base[6])
+    bad_rule_far.rule = "Xfar"
+    bad_rule_far.time.seconds = 2**40
     raw_bad = [
         _with_bad_byte(bad_rule, "Xfile"),  # published, repaired
         _with_bad_byte(bad_value, "Xnot-utf8"),  # published, repaired
@@ -73,6 +77,7 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
         far.SerializeToString(),  # rejected: bad_time
         negative.SerializeToString(),  # rejected: bad_time
         overflowing.SerializeToString(),  # rejected: bad_time
+        _with_bad_byte(bad_rule_far, "Xfar"),  # rejected: bad_time, not counted as repaired
     ]
 
     nc, inbox = await subscribe(nats_server.url)
@@ -88,7 +93,7 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
         telemetry = gw.gateway.telemetry
         assert source.connects == 1, "the stream was never broken"
         assert source.state.state == "connected"
-        assert telemetry.get("rejected", "grpc") == 4
+        assert telemetry.get("rejected", "grpc") == 5
         assert (
             _metric(
                 telemetry,
@@ -96,7 +101,7 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
                 path="grpc",
                 reason="bad_time",
             )
-            == 3
+            == 4
         )
         assert (
             _metric(

@@ -211,11 +211,13 @@ class FalcoGrpcSource:
 
     def _accept(self, data: bytes) -> FalcoEvent | None:
         """Spool one alert; the event back if the spool is full (to be retried)."""
+        repaired = False
         try:
             try:
                 response = _parse_response(data)
             except DecodeError:
-                response = self._repaired(data)
+                response = repaired_response(data)
+                repaired = True
             event = from_grpc(response, self.limits)
         except AlertError as exc:
             self.pipeline.rejected("grpc", exc.kind)
@@ -228,14 +230,15 @@ class FalcoGrpcSource:
             self.pipeline.rejected("grpc", "unexpected_error")
             self._unexpected.record(exc, "reading a gRPC alert")
             return None
+        if repaired:
+            self._repaired(event)
         try:
             self.pipeline.accept(event, "grpc")
         except SpoolFull:
             return event
         return None
 
-    def _repaired(self, data: bytes) -> outputs_pb2.response:
-        response = repaired_response(data)
+    def _repaired(self, event: FalcoEvent) -> None:
         self.pipeline.telemetry.repaired("grpc", "not_utf8")
         if self._repairs.first("not_utf8"):
             log(
@@ -243,9 +246,8 @@ class FalcoGrpcSource:
                 "alert text is not UTF-8: bad bytes replaced by U+FFFD",
                 LOG,
                 path="grpc",
-                rule=response.rule[:256],
+                rule=event.rule[:256],
             )
-        return response
 
     async def _hold_until_spooled(self, event: FalcoEvent) -> None:
         # Falco already handed this alert over, so keep it and retry; stop asking
