@@ -99,6 +99,15 @@ async def test_anything_unexpected_is_a_counted_logged_500_with_a_reason(
             )
             == 4
         )
+        assert (
+            _metric(
+                gw.gateway.telemetry,
+                "falco_nats_gateway_alerts_rejected_by_reason_total",
+                path="http",
+                reason="unexpected_error",
+            )
+            == 3
+        )
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, "once per kind of exception"
     fields = errors[0].fields  # type: ignore[attr-defined]

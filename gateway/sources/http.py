@@ -145,6 +145,9 @@ class AlertIntake:
                         logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason
                     )
                 return _error(exc.status, exc.reason)
+            except Exception as exc:  # one alert must not reach Hypercorn's empty 500
+                self.pipeline.rejected("http", "unexpected_error")
+                return self.unexpected_error(exc, "reading an HTTP alert")
             return _submit(self.pipeline, event, "http")
         finally:
             self.in_flight -= 1
@@ -192,9 +195,9 @@ class AlertIntake:
             )
         return _error(exc.code or 400, f"{exc.name}: {_bounded(method)} {_bounded(path)}")
 
-    def unexpected_error(self, exc: Exception, method: str, path: str) -> Answer:
+    def unexpected_error(self, exc: Exception, what: str) -> Answer:
         """Any exception no code expected: counted, logged once per kind, answered."""
-        self.unexpected.record(exc, f"answering {method} {_bounded(path)}")
+        self.unexpected.record(exc, what)
         return _error(
             500,
             f"internal error ({type(exc).__name__}); the gateway logged it "
@@ -295,7 +298,8 @@ def create_app(
 
     @app.errorhandler(Exception)
     async def unexpected_error(exc: Exception) -> Response:
-        return intake.unexpected_error(exc, request.method, request.path).response()
+        what = f"answering {_bounded(request.method)} {_bounded(request.path)}"
+        return intake.unexpected_error(exc, what).response()
 
     return HttpApp(
         app,
@@ -339,7 +343,8 @@ class HttpApp:
         except Exception as exc:  # the ASGI boundary: nothing unexpected reaches Hypercorn
             if scope["type"] != "http":
                 raise
-            answer = self.intake.unexpected_error(exc, scope["method"], scope["path"])
+            what = f"answering {_bounded(scope['method'])} {_bounded(scope['path'])}"
+            answer = self.intake.unexpected_error(exc, what)
             # Hypercorn refuses a second response start (the first went out before the
             # error): then there is nothing left to tell the client.
             with contextlib.suppress(Exception):

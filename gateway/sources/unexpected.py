@@ -34,5 +34,13 @@ class UnexpectedErrors:
                 self.logger,
                 component=self.component,
                 error=f"{kind}: {exc}"[:512],
-                traceback="".join(traceback.format_exception(exc)),
+                traceback=_bounded("".join(traceback.format_exception(exc))),
             )
+
+
+def _bounded(text: str, limit: int = 16384) -> str:
+    # An exception's message can carry a sender's text: its start and end are enough.
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - limit} characters left out) ...\n{text[-half:]}"
