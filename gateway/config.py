@@ -21,6 +21,9 @@ from gateway.event import Priority
 from gateway.subject import SubjectTemplate
 
 ENV_PREFIX = "GATEWAY_"
+# No setting takes max_body_bytes past this: a body is held whole while it is
+# read (up to LARGE_BODIES_AT_ONCE of them past 1 MiB, see sources/http.py).
+MAX_BODY_BYTES_CAP = 64 * 1024 * 1024
 
 # Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT... for every Service;
 # a Service named "gateway" would otherwise look like unknown settings.
@@ -41,7 +44,9 @@ class Settings:
     grpc_server_name: str = ""
     subject_template: str = "falco.<priority>.<rule>"
     minimum_priority: str = "debug"
-    max_body_bytes: int = 1024 * 1024
+    # Falco drops what it is refused: an over-long alert is taken and shortened
+    # (max_field_bytes, then NATS's max_payload), not answered 413.
+    max_body_bytes: int = 16 * 1024 * 1024
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     jetstream: bool = False
@@ -148,6 +153,11 @@ class Settings:
             raise ConfigError("minimum_priority", str(exc)) from None
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes", f"{self.max_body_bytes} is below 1024 bytes")
+        if self.max_body_bytes > MAX_BODY_BYTES_CAP:
+            raise ConfigError(
+                "max_body_bytes",
+                f"{self.max_body_bytes} is above the hard cap of {MAX_BODY_BYTES_CAP} bytes",
+            )
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout", "must not be negative")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:

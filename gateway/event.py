@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from gateway.echo import echo
+
 # What an output field can hold once normalised: a JSON scalar, or for Falco's
 # list-valued fields the JSON value itself.
 FieldValue: TypeAlias = str | int | float | bool | list[object] | dict[str, object] | None
@@ -37,7 +39,7 @@ class Priority(enum.IntEnum):
         found = _BY_NAME.get(text.strip().lower())
         if found is None:
             raise ValueError(
-                f"unknown priority {text!r}; expected one of "
+                f"unknown priority {echo(text)}; expected one of "
                 + ", ".join(p.canonical for p in cls)
                 + " (any case; 'info' means Informational)"
             )

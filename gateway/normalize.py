@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 
+from gateway.echo import echo
 from gateway.errors import AlertError
 from gateway.event import FalcoEvent, FieldValue, Priority
 from gateway.falco_pb import outputs_pb2, schema_pb2
-from gateway.timefmt import parse_rfc3339_ns
+from gateway.timefmt import grpc_time_ns, parse_rfc3339_ns
 
 _NS_PER_S = 1_000_000_000
 
@@ -44,6 +45,11 @@ _DEPRECATED_SOURCES: dict[int, str] = {
 # makes the server close the connection, and the alert would block the spool forever.
 _MAX_NAME_CHARS = {"rule": 1024, "source": 256, "hostname": 256}
 TRUNCATED = "[truncated]"
+# The deepest an output_fields value may nest: the payload puts it two levels down
+# (the alert object, then output_fields), and orjson writes at most 254 levels.
+# Deeper was an empty 500 (HTTP) or a dead stream (gRPC); Falco's own values are
+# scalars or flat lists.
+MAX_VALUE_DEPTH = 252
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def from_http_body(
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
-            body.decode("utf-8")
+            bytes(body).decode("utf-8")
         except UnicodeDecodeError as uexc:
             raise AlertError(
                 f"body is not valid UTF-8 (byte {uexc.start})", kind="not_utf8"
@@ -97,6 +103,16 @@ def from_http_body(
             f"expected a JSON object (one Falco alert), got {_json_kind(doc)}", kind="not_an_object"
         )
     return from_json_object(doc, limits)
+
+
+def replace_bad_utf8(body: bytes) -> bytes:
+    """`body` with every byte sequence that is not UTF-8 replaced by U+FFFD.
+
+    What Falco's own JSON output does (nlohmann's `error_handler_t::replace` in
+    formats.cpp) with a file name or command line that is not UTF-8; the gRPC path
+    repairs the same way, so an alert reads the same whichever way it came.
+    """
+    return bytes(body).decode("utf-8", "replace").encode()
 
 
 def from_json_object(doc: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> FalcoEvent:
@@ -136,6 +152,10 @@ def from_grpc(response: outputs_pb2.response, limits: Limits = DEFAULT_LIMITS) -
     """The event in one `falco.outputs.response`; AlertError if Falco's contract is broken."""
     if not response.HasField("time"):
         raise AlertError("gRPC response without a time", kind="missing_field")
+    try:
+        time_ns = grpc_time_ns(response.time.seconds, response.time.nanos)
+    except ValueError as exc:
+        raise AlertError(f"gRPC response time: {exc}", kind="bad_time") from None
     if not response.rule:
         raise AlertError("gRPC response with an empty rule", kind="empty_field")
     try:
@@ -148,7 +168,7 @@ def from_grpc(response: outputs_pb2.response, limits: Limits = DEFAULT_LIMITS) -
     if len(response.tags) > limits.max_fields:
         raise AlertError(_too_many("tags", len(response.tags), limits), 413, "too_many_fields")
     return FalcoEvent(
-        time_ns=response.time.seconds * _NS_PER_S + response.time.nanos,
+        time_ns=time_ns,
         priority=priority,
         rule=_name(response.rule, "rule"),
         output=response.output,
@@ -187,7 +207,17 @@ def _limited(
             )
         value = raw if convert is None else convert(raw)
         if value.__class__ is not str or len(value) > short:
-            value = _truncated(value, limit)
+            try:
+                value = _truncated(value, limit)
+            except _TooDeep:
+                if convert is None:
+                    raise AlertError(
+                        f"output_fields value of {echo(key)} is nested deeper than "
+                        f"{MAX_VALUE_DEPTH} levels",
+                        kind="too_deep",
+                    ) from None
+                # A gRPC text that reads as JSON too deep to carry: the text it is.
+                value = _truncated(raw, limit)
         limited[key] = value
     return limited
 
@@ -198,13 +228,21 @@ def _truncated(value: Any, limit: int) -> FieldValue:
         if len(data) <= limit:
             return value
     elif isinstance(value, list | dict):
-        data = orjson.dumps(value)
+        try:
+            # Two levels added, as in the payload: one too deep fails here, not there.
+            data = orjson.dumps([[value]])[2:-2]
+        except orjson.JSONEncodeError:
+            raise _TooDeep() from None
         if len(data) <= limit:
             return value
     else:
         return value  # type: ignore[no-any-return]
     # Cut on a character boundary: the bytes of a split character are dropped.
     return data[:limit].decode("utf-8", "ignore") + TRUNCATED
+
+
+class _TooDeep(Exception):
+    """A list or object value nested deeper than MAX_VALUE_DEPTH."""
 
 
 def _too_many(what: str, count: int, limits: Limits) -> str:

@@ -119,6 +119,8 @@ class Telemetry:
         self._by_reason: dict[tuple[str, str], int] = {}  # (path, reason)
         self._by_rule: dict[tuple[str, str], int] | None = {} if rule_labels else None
         self._publish_failures = 0
+        self._repaired: dict[tuple[str, str], int] = {}  # (path, reason)
+        self._unexpected: dict[str, int] = {}  # component
         self.latency = Histogram(
             "falco_nats_gateway_publish_latency_seconds",
             "Seconds from an alert being accepted to NATS confirming it (JetStream ack or flush)",
@@ -153,6 +155,15 @@ class Telemetry:
         # Reasons are AlertError kinds and the HTTP guard's: a fixed set.
         key = (path, reason)
         self._by_reason[key] = self._by_reason.get(key, 0) + 1
+
+    def repaired(self, path: str, reason: str) -> None:
+        """An alert that goes out with part of it mended (bad UTF-8 replaced)."""
+        key = (path, reason)
+        self._repaired[key] = self._repaired.get(key, 0) + 1
+
+    def unexpected_error(self, component: str) -> None:
+        """An exception no code path expected, caught at a source's edge."""
+        self._unexpected[component] = self._unexpected.get(component, 0) + 1
 
     def publish_failed(self) -> None:
         self._publish_failures += 1
@@ -230,6 +241,20 @@ class Telemetry:
             "Unreadable alerts, by path and kind of problem",
             ("path", "reason"),
             self._by_reason.items(),
+        )
+        yield _counter_family(
+            "falco_nats_gateway_alerts_repaired",
+            "Alerts published with part of them mended, by path and what was mended "
+            "(not_utf8: bytes that are not UTF-8 replaced by U+FFFD, as Falco's JSON does)",
+            ("path", "reason"),
+            self._repaired.items(),
+        )
+        yield _counter_family(
+            "falco_nats_gateway_unexpected_errors",
+            "Exceptions no code path expected, caught and logged (with a traceback, once per "
+            "kind) where they arose; the request or message is answered or skipped",
+            ("component",),
+            (((component,), n) for component, n in self._unexpected.items()),
         )
         if self._by_rule is not None:
             yield _counter_family(

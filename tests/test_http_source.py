@@ -165,11 +165,11 @@ BAD_INPUTS = [
         id="bad-time",
     ),
     pytest.param(
-        b'{"rule":"\xc3\x28","priority":"Notice","time":"2021-02-08T20:19:15Z"}',
+        b'{"rule":"\xc3\x28","priority":"Notice","time":"2021-02-08T20:19:15Z"',
         "application/json",
         400,
         "not valid UTF-8",
-        id="non-utf8",
+        id="non-utf8-and-not-json",
     ),
     pytest.param(
         b"20:19:15.325119960: Notice A shell was spawned in a container with an attached terminal",

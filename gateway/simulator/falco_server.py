@@ -7,6 +7,9 @@ Faithful to `grpc_server.cpp` and `grpc_request_context.cpp`:
 - `get` drains the queue and ends the call;
 - a `unix://` address is served in plaintext; any other address requires and
   verifies a client certificate.
+
+`emit_raw` queues bytes sent as they are, as one response: Falco's C++ protobuf
+sends what Python's refuses to build (a string field that is not UTF-8).
 """
 
 from __future__ import annotations
@@ -19,43 +22,57 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+from gateway.falco_pb import outputs_pb2, version_pb2, version_pb2_grpc
 
 FALCO_VERSION = "0.43.1"
+
+
+# A queued alert: a message, or bytes already serialized (sent as they are).
+Queued = outputs_pb2.response | bytes
+
+
+def _serialize(item: Queued) -> bytes:
+    return item if isinstance(item, bytes) else item.SerializeToString()
 
 
 class AlertQueue:
     """Falco's output queue: unbounded, shared by every client, each alert popped once."""
 
     def __init__(self) -> None:
-        self._items: collections.deque[outputs_pb2.response] = collections.deque()
+        self._items: collections.deque[Queued] = collections.deque()
 
-    def push(self, response: outputs_pb2.response) -> None:
+    def push(self, response: Queued) -> None:
         self._items.append(response)
 
-    def pop(self) -> outputs_pb2.response | None:
+    def pop(self) -> Queued | None:
         return self._items.popleft() if self._items else None
 
     def __len__(self) -> int:
         return len(self._items)
 
 
-class _Outputs(outputs_pb2_grpc.serviceServicer):
+class _Outputs:
+    """Falco's outputs service (registered by `_add_outputs`)."""
+
     def __init__(self, queue: AlertQueue) -> None:
         self.queue = queue
         self.requests = 0
         self.active = 0
         self.closing = asyncio.Event()
+        # Set: every `sub` ends at once with OK, as a Falco whose outputs are going away.
+        self.end_at_once = False
 
     async def sub(
         self,
         request_iterator: AsyncIterator[outputs_pb2.request],
         context: grpc.aio.ServicerContext[outputs_pb2.request, outputs_pb2.response],
-    ) -> AsyncIterator[outputs_pb2.response]:
+    ) -> AsyncIterator[Queued]:
+        if self.end_at_once:
+            return
         self.active += 1
         requests = aiter(request_iterator)
         try:
-            while True:
+            while not self.end_at_once:
                 next_request = asyncio.ensure_future(anext(requests, None))
                 closing = asyncio.ensure_future(self.closing.wait())
                 await asyncio.wait({next_request, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -76,9 +93,28 @@ class _Outputs(outputs_pb2_grpc.serviceServicer):
         self,
         request: outputs_pb2.request,
         context: grpc.aio.ServicerContext[outputs_pb2.request, outputs_pb2.response],
-    ) -> AsyncIterator[outputs_pb2.response]:
+    ) -> AsyncIterator[Queued]:
         while (response := self.queue.pop()) is not None:
             yield response
+
+
+def _add_outputs(servicer: _Outputs, server: grpc.aio.Server) -> None:
+    """The generated registration, with a serializer that also passes bytes through."""
+    handlers = {
+        "sub": grpc.stream_stream_rpc_method_handler(
+            servicer.sub,
+            request_deserializer=outputs_pb2.request.FromString,
+            response_serializer=_serialize,
+        ),
+        "get": grpc.unary_stream_rpc_method_handler(
+            servicer.get,
+            request_deserializer=outputs_pb2.request.FromString,
+            response_serializer=_serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("falco.outputs.service", handlers),)
+    )
 
 
 class _Version(version_pb2_grpc.serviceServicer):
@@ -119,7 +155,7 @@ class FalcoServer:
         self.queue = queue if queue is not None else AlertQueue()
         self._outputs = _Outputs(self.queue)
         self._server = grpc.aio.server()
-        outputs_pb2_grpc.add_serviceServicer_to_server(self._outputs, self._server)
+        _add_outputs(self._outputs, self._server)
         version_pb2_grpc.add_serviceServicer_to_server(_Version(), self._server)
         if address.startswith("unix://"):
             self.port = self._server.add_insecure_port(address)
@@ -140,6 +176,15 @@ class FalcoServer:
 
     def emit(self, response: outputs_pb2.response) -> None:
         self.queue.push(response)
+
+    def emit_raw(self, data: bytes) -> None:
+        """Queue one pre-serialized `falco.outputs.response`, sent on `sub` (or `get`)
+        exactly as given: invalid UTF-8, corrupt bytes, anything."""
+        self.queue.push(bytes(data))
+
+    def end_streams_at_once(self, on: bool = True) -> None:
+        """While on, every `sub` call ends as soon as it starts (OK, nothing sent)."""
+        self._outputs.end_at_once = on
 
     async def start(self) -> FalcoServer:
         await self._server.start()

@@ -54,8 +54,9 @@ class ReadDeadlines:
         late = [task for task, deadline in self._open.items() if deadline <= now]
         for task in late:
             del self._open[task]
-            # The task is suspended in its body read (the only await between enter
-            # and leave), so the CancelledError arrives there.
+            # The task is suspended in its body read or waiting for its turn to
+            # read a large body (the only awaits between enter and leave), so the
+            # CancelledError arrives there.
             self._expired.add(task)
             task.cancel()
         if self._open:

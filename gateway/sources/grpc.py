@@ -18,18 +18,27 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from gateway.backoff import Backoff
 from gateway.errors import AlertError, ConfigError, SpoolFull
 from gateway.event import FalcoEvent
-from gateway.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+from gateway.falco_pb import outputs_pb2, version_pb2, version_pb2_grpc
 from gateway.logs import OncePer, StateLog, log
 from gateway.normalize import DEFAULT_LIMITS, Limits, from_grpc
 from gateway.pipeline import Pipeline
+from gateway.sources.grpc_wire import repaired_response
+from gateway.sources.unexpected import UnexpectedErrors
 
 LOG = logging.getLogger("gateway.grpc")
 
 VERSION_TIMEOUT = 5.0
+# A stream that delivered nothing and ended sooner than this after connecting
+# does not reset the reconnect backoff: a Falco that ends every stream at once
+# gets reconnects further and further apart, not ~8 a second.
+STABLE_AFTER = 10.0
+_SUB = "/falco.outputs.service/sub"
+_parse_response = outputs_pb2.response.FromString
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,12 @@ class FalcoGrpcSource:
         self.state = StateLog("falco-grpc", LOG)
         self.falco_version = ""
         self.connects = 0
+        # Messages read off the stream, and the last wait before a reconnect.
+        self.messages = 0
+        self.last_delay = 0.0
         self._rejections = OncePer()
+        self._repairs = OncePer()
+        self._unexpected = UnexpectedErrors(pipeline.telemetry, "grpc", LOG)
         # Cleared while the spool is full: no requests, so Falco keeps its queue.
         self._requesting = asyncio.Event()
         self._requesting.set()
@@ -114,7 +128,9 @@ class FalcoGrpcSource:
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 5.0) -> None:
         """Stream alerts until `stop` is set, reconnecting to Falco as often as needed."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            started, messages = loop.time(), self.messages
             try:
                 await self._session(stop, drain_timeout)
             except grpc.aio.AioRpcError as exc:
@@ -126,8 +142,11 @@ class FalcoGrpcSource:
                 )
             if stop.is_set():
                 break
+            if self.messages > messages or loop.time() - started >= STABLE_AFTER:
+                self.backoff.reset()
+            self.last_delay = self.backoff.next_delay()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
+                await asyncio.wait_for(stop.wait(), self.last_delay)
         self.state.change("stopped")
 
     async def _session(self, stop: asyncio.Event, drain_timeout: float) -> None:
@@ -136,8 +155,14 @@ class FalcoGrpcSource:
             self.falco_version = version
             self.connects += 1
             self.state.change("connected", address=self.address, falco_version=version)
-            self.backoff.reset()
-            call = outputs_pb2_grpc.serviceStub(channel).sub(self._requests(stop))
+            # Each message as bytes, parsed here: grpc's own deserializer would end the
+            # whole stream on one message Python's protobuf refuses (see grpc_wire).
+            sub = channel.stream_stream(
+                _SUB,
+                request_serializer=outputs_pb2.request.SerializeToString,
+                response_deserializer=None,
+            )
+            call = sub(self._requests(stop))
             reader = asyncio.create_task(self._read_stream(call))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,25 +199,55 @@ class FalcoGrpcSource:
 
     async def _read_stream(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         accept = self._accept
-        async for response in call:
-            event = accept(response)
-            if event is not None:
-                await self._hold_until_spooled(event)
-
-    def _accept(self, response: outputs_pb2.response) -> FalcoEvent | None:
-        """Spool one alert; the event back if the spool is full (to be retried)."""
+        count = 0
         try:
+            async for data in call:
+                count += 1
+                event = accept(data)
+                if event is not None:
+                    await self._hold_until_spooled(event)
+        finally:
+            self.messages += count
+
+    def _accept(self, data: bytes) -> FalcoEvent | None:
+        """Spool one alert; the event back if the spool is full (to be retried)."""
+        repaired = False
+        try:
+            try:
+                response = _parse_response(data)
+            except DecodeError:
+                response = repaired_response(data)
+                repaired = True
             event = from_grpc(response, self.limits)
         except AlertError as exc:
             self.pipeline.rejected("grpc", exc.kind)
             if self._rejections.first(exc.reason):
                 log(logging.WARNING, "alert rejected", LOG, path="grpc", reason=exc.reason)
             return None
+        except Exception as exc:  # one alert must not end the stream
+            # A bug of ours that one message brings out: that message is lost, the
+            # stream goes on; counted, and logged with its traceback once per kind.
+            self.pipeline.rejected("grpc", "unexpected_error")
+            self._unexpected.record(exc, "reading a gRPC alert")
+            return None
+        if repaired:
+            self._repaired(event)
         try:
             self.pipeline.accept(event, "grpc")
         except SpoolFull:
             return event
         return None
+
+    def _repaired(self, event: FalcoEvent) -> None:
+        self.pipeline.telemetry.repaired("grpc", "not_utf8")
+        if self._repairs.first("not_utf8"):
+            log(
+                logging.WARNING,
+                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
+                LOG,
+                path="grpc",
+                rule=event.rule[:256],
+            )
 
     async def _hold_until_spooled(self, event: FalcoEvent) -> None:
         # Falco already handed this alert over, so keep it and retry; stop asking

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hmac
 import logging
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -33,12 +35,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
+from gateway.echo import echo
 from gateway.errors import AlertError, SpoolFull
 from gateway.event import FalcoEvent
 from gateway.logs import OncePer, log
-from gateway.normalize import DEFAULT_LIMITS, Limits, from_http_body, self_test_event
+from gateway.normalize import (
+    DEFAULT_LIMITS,
+    Limits,
+    from_http_body,
+    replace_bad_utf8,
+    self_test_event,
+)
 from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
 from gateway.sources.deadlines import ReadDeadlines
+from gateway.sources.unexpected import UnexpectedErrors
 
 LOG = logging.getLogger("gateway.http")
 
@@ -51,6 +61,13 @@ HEALTH_PATHS = frozenset({"/ping", "/healthz", "/readyz", "/metrics"})
 # Paths that need the basic-auth credentials when they are set: the ones that
 # publish. Probes and Prometheus cannot easily send them, and reveal no alert.
 _AUTH_PATHS = frozenset({"/", "/test"})
+# Bodies past this size (a Falco alert is ~1-2 KB) are read a few at a time, so
+# that http_max_in_flight large bodies cannot all be held at once: memory stays
+# within http_max_in_flight x 1 MiB + LARGE_BODIES_AT_ONCE x max_body_bytes.
+LARGE_BODY = 1024 * 1024
+LARGE_BODIES_AT_ONCE = 4
+# Content-Encodings a body may come in (Falco sends none): decoded within max_body_bytes.
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -99,8 +116,16 @@ class AlertIntake:
         self.read_timeout = read_timeout
         self.in_flight = 0
         self.rejections = OncePer()
+        self._repairs = OncePer()
+        self.unexpected = UnexpectedErrors(pipeline.telemetry, "http", LOG)
 
-    async def answer(self, read_body: Callable[[], Awaitable[bytes]], content_type: str) -> Answer:
+    async def answer(
+        self,
+        read_body: Callable[[], Awaitable[bytes]],
+        content_type: str,
+        content_encoding: str | None = None,
+        max_body_bytes: int = LARGE_BODY,
+    ) -> Answer:
         if self.in_flight >= self.max_in_flight:
             # Bounded memory and event-loop time whatever the number of clients;
             # the body is not read, so a flood costs little.
@@ -110,7 +135,9 @@ class AlertIntake:
         try:
             body = await read_body()
             try:
-                event = from_http_body(body, content_type, self.limits)
+                if content_encoding is not None:
+                    body = _decoded(body, content_encoding, max_body_bytes)
+                event = self._event(body, content_type)
             except AlertError as exc:
                 self.pipeline.rejected("http", exc.kind)
                 if self.rejections.first(exc.reason):
@@ -118,20 +145,65 @@ class AlertIntake:
                         logging.WARNING, "alert rejected", LOG, status=exc.status, reason=exc.reason
                     )
                 return _error(exc.status, exc.reason)
+            except Exception as exc:  # one alert must not reach Hypercorn's empty 500
+                self.pipeline.rejected("http", "unexpected_error")
+                return self.unexpected_error(exc, "reading an HTTP alert")
             return _submit(self.pipeline, event, "http")
         finally:
             self.in_flight -= 1
 
+    def _event(self, body: bytes, content_type: str) -> FalcoEvent:
+        try:
+            return from_http_body(body, content_type, self.limits)
+        except AlertError as exc:
+            if exc.kind != "not_utf8":
+                raise
+            not_utf8 = exc
+        # Bytes that are not UTF-8: replaced by U+FFFD as Falco's own JSON does (and the
+        # gRPC path), and the alert goes out rather than being lost.
+        try:
+            event = from_http_body(replace_bad_utf8(body), content_type, self.limits)
+        except AlertError as exc:
+            raise not_utf8 if exc.kind == "malformed_json" else exc from None
+        self.pipeline.telemetry.repaired("http", "not_utf8")
+        if self._repairs.first("not_utf8"):
+            log(
+                logging.WARNING,
+                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
+                LOG,
+                path="http",
+                rule=event.rule[:256],
+            )
+        return event
+
     def http_error(self, exc: HTTPException, method: str, path: str, max_body_bytes: int) -> Answer:
+        # The body was left unread (or half read): the connection cannot carry
+        # another request, and the answer says so.
         if isinstance(exc, RequestEntityTooLarge):
             self.pipeline.rejected("http", "too_large")
-            return _error(413, f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)")
+            return _error(
+                413,
+                f"body exceeds the limit of {max_body_bytes} bytes (max_body_bytes)",
+                _CLOSE,
+            )
         if isinstance(exc, RequestTimeout):
             self.pipeline.rejected("http", "read_timeout")
             return _error(
-                408, f"request body not complete within {self.read_timeout:g} s (http_read_timeout)"
+                408,
+                f"request body not complete within {self.read_timeout:g} s (http_read_timeout)",
+                _CLOSE,
             )
-        return _error(exc.code or 400, f"{exc.name}: {method} {path}")
+        return _error(exc.code or 400, f"{exc.name}: {_bounded(method)} {_bounded(path)}")
+
+    def unexpected_error(self, exc: Exception, what: str) -> Answer:
+        """Any exception no code expected: counted, logged once per kind, answered."""
+        self.unexpected.record(exc, what)
+        return _error(
+            500,
+            f"internal error ({type(exc).__name__}); the gateway logged it "
+            "(falco_nats_gateway_unexpected_errors_total)",
+            _CLOSE,
+        )
 
 
 def create_app(
@@ -167,10 +239,11 @@ def create_app(
             and not auth.allows(request.headers.get("Authorization"))
         ):
             pipeline.rejected("http", "unauthorized")
+            # The body stays unread, so this connection cannot carry another request.
             return _error(
                 401,
                 "basic-auth credentials missing or wrong",
-                (("WWW-Authenticate", 'Basic realm="falco-nats-gateway"'),),
+                (("WWW-Authenticate", 'Basic realm="falco-nats-gateway"'), *_CLOSE),
             ).response()
         return None
 
@@ -183,7 +256,12 @@ def create_app(
             assert isinstance(body, bytes)
             return body
 
-        answer = await intake.answer(read, request.headers.get("Content-Type", _JSON))
+        answer = await intake.answer(
+            read,
+            request.headers.get("Content-Type", _JSON),
+            request.headers.get("Content-Encoding"),
+            max_body_bytes,
+        )
         return answer.response()
 
     @app.post("/test")
@@ -217,6 +295,11 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         return intake.http_error(exc, request.method, request.path, max_body_bytes).response()
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        what = f"answering {_bounded(request.method)} {_bounded(request.path)}"
+        return intake.unexpected_error(exc, what).response()
 
     return HttpApp(
         app,
@@ -252,8 +335,22 @@ class HttpApp:
         self.auth = auth
         self.health_port = health_port
         self.deadlines = ReadDeadlines(intake.read_timeout)
+        self.large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._dispatch(scope, receive, send)
+        except Exception as exc:  # the ASGI boundary: nothing unexpected reaches Hypercorn
+            if scope["type"] != "http":
+                raise
+            what = f"answering {_bounded(scope['method'])} {_bounded(scope['path'])}"
+            answer = self.intake.unexpected_error(exc, what)
+            # Hypercorn refuses a second response start (the first went out before the
+            # error): then there is nothing left to tell the client.
+            with contextlib.suppress(Exception):
+                await answer.send(send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
             server = scope.get("server") or ("", None)
             if self.health_port is None or server[1] != self.health_port:
@@ -268,7 +365,12 @@ class HttpApp:
             return await self._read_body(headers, receive)
 
         try:
-            answer = await self.intake.answer(read, headers.get(b"content-type", _JSON))
+            answer = await self.intake.answer(
+                read,
+                headers.get(b"content-type", _JSON),
+                headers.get(b"content-encoding"),
+                self.max_body_bytes,
+            )
         except _Disconnected:
             return
         except HTTPException as exc:
@@ -276,12 +378,17 @@ class HttpApp:
         await answer.send(send)
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
-        """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it."""
+        """The body, within max_body_bytes and read_timeout, as Quart's get_data reads it.
+
+        Read as it streams in, counted chunk by chunk (a chunked body announces no
+        length); past LARGE_BODY a body waits for one of LARGE_BODIES_AT_ONCE turns.
+        """
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise RequestEntityTooLarge()
         chunks: list[bytes] = []
         size = 0
+        large = False
         deadlines = self.deadlines
         task = deadlines.enter()
         try:
@@ -292,8 +399,13 @@ class HttpApp:
                 chunk = cast("bytes", message.get("body", b""))
                 if chunk:
                     size += len(chunk)
-                    # Also for a chunked body, which announces no length.
-                    if size > self.max_body_bytes:
+                    if size > LARGE_BODY and not large:
+                        if size > self.max_body_bytes:
+                            raise RequestEntityTooLarge()
+                        # Waits within the read deadline: a turn that never comes is a 408.
+                        await self.large_bodies.acquire()
+                        large = True
+                    elif size > self.max_body_bytes:
                         raise RequestEntityTooLarge()
                     chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -304,6 +416,8 @@ class HttpApp:
             raise
         finally:
             deadlines.leave(task)
+            if large:
+                self.large_bodies.release()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -357,6 +471,46 @@ class Answer:
         await send(body)
 
 
+# On an answer given before the body was read whole: on HTTP/1.x the rest of the
+# body would be taken for the next request, so the connection ends here (h2 drops
+# the header, as HTTP/2 wants: there the stream alone ends).
+_CLOSE = (("Connection", "close"),)
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
+    """`body` decoded from its Content-Encoding, at most `limit` bytes; AlertError otherwise."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return body
+    wbits = _DECODERS.get(name)
+    if wbits is None:
+        raise AlertError(
+            f"Content-Encoding {echo(encoding)} is not supported: send the body "
+            "uncompressed (or gzip or deflate)",
+            415,
+            "unsupported_encoding",
+        )
+    decoder = zlib.decompressobj(wbits)
+    try:
+        data = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise AlertError(f"body is not valid {name} data ({exc})", kind="bad_encoding") from None
+    if len(data) > limit:
+        raise AlertError(
+            f"{name} body decodes to more than {limit} bytes (max_body_bytes)",
+            413,
+            "too_large",
+        )
+    if not decoder.eof:
+        raise AlertError(f"{name} body is truncated", kind="bad_encoding")
+    return data
+
+
+def _bounded(text: str) -> str:
+    # A request line is the sender's text: quoted up to 256 characters (h11 takes 16 KiB).
+    return text if len(text) <= 256 else f"{text[:256]}... ({len(text)} characters)"
+
+
 def _json(status: int, body: bytes) -> Answer:
     return Answer(status, body)
 
@@ -367,7 +521,9 @@ def _error(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) 
 
 def _busy(limit: int) -> Answer:
     return _error(
-        503, f"more than {limit} requests in flight (http_max_in_flight)", (("Retry-After", "1"),)
+        503,
+        f"more than {limit} requests in flight (http_max_in_flight)",
+        (("Retry-After", "1"), *_CLOSE),
     )
 
 

@@ -14,7 +14,7 @@ def test_defaults_are_falcosidekick_compatible() -> None:
     assert settings.listen == "0.0.0.0:2801"
     assert settings.subject_template == "falco.<priority>.<rule>"
     assert settings.falco_grpc == ""
-    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.max_body_bytes == 16 * 1024 * 1024
     assert settings.grpc_poll_interval <= 0.1
 
 
@@ -78,6 +78,7 @@ def test_comma_separated_servers() -> None:
         ({"subject_template": "falco.<prio>"}, "subject_template", "unknown placeholder"),
         ({"max_body_bytes": "lots"}, "max_body_bytes", "whole number"),
         ({"max_body_bytes": "10"}, "max_body_bytes", "below 1024"),
+        ({"max_body_bytes": str(64 * 1024 * 1024 + 1)}, "max_body_bytes", "hard cap of 67108864"),
         ({"grpc_poll_interval": "0"}, "grpc_poll_interval", "not within"),
         ({"grpc_poll_interval": "fast"}, "grpc_poll_interval", "expected a number"),
         ({"log_level": "loud"}, "log_level", "not one of"),
