@@ -1,0 +1,149 @@
+"""NATS misbehaving after start-up, against a real nats-server: an alert near
+max_payload, a connection nats-py gives up for good, a stream deleted or full
+while the gateway runs. Nothing accepted is lost, and nothing wedges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import nats
+import orjson
+import pytest
+
+from gateway.event import FalcoEvent
+from gateway.pipeline import MSG_ID_HEADER
+from gateway.simulator.alerts import CATALOG, render
+from gateway.simulator.wire import to_falco_json
+from tests.support import (
+    NatsServer,
+    running_gateway,
+    stream_ids,
+    subscribe,
+    take,
+    until,
+)
+
+
+def alerts(count: int, start: int = 0) -> list[FalcoEvent]:
+    base = 1_710_000_000_000_000_000
+    return [
+        render(CATALOG[i % len(CATALOG)], base + i, "node-1") for i in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path, jetstream=True).start()
+    yield server
+    server.stop()
+
+
+async def test_alert_just_under_max_payload_is_shortened_and_nothing_wedges(
+    nats_server: NatsServer,
+) -> None:
+    """A payload under max_payload whose headers take it over: sent as it was, the
+    server would drop the connection (and nats-py close it for good). It is sent
+    shortened, and the alerts after it still arrive."""
+    first, big, last = alerts(3)
+    # 1 MiB (the server's default max_payload) less what the rest of the payload takes.
+    big = replace(big, output="x" * (1024 * 1024 - 600))
+    nc, queue = await subscribe(nats_server.url)
+    try:
+        async with running_gateway(nats_server.url) as gw:
+            async with gw.client() as http:
+                for event in (first, big, last):
+                    assert (await http.post(to_falco_json(event))).status == 200
+            got = await take(queue, 3)
+            assert gw.gateway.link.reconnects == 0, "the connection was never lost"
+            assert gw.gateway.telemetry.get("undeliverable") == 0
+    finally:
+        await nc.close()
+    assert [m.headers and m.headers[MSG_ID_HEADER] for m in got] == [
+        e.alert_id for e in (first, big, last)
+    ]
+    shortened = orjson.loads(got[1].data)
+    assert shortened["output"].endswith("[truncated]")
+    assert len(got[1].data) < 1024 * 1024
+
+
+async def test_a_connection_nats_py_gives_up_is_opened_again(nats_server: NatsServer) -> None:
+    """nats-py closes a connection for good on a server -ERR (here a message over
+    max_payload sent past the gateway's checks): the gateway opens a new one and
+    delivers what comes after."""
+    nc, queue = await subscribe(nats_server.url)
+    try:
+        async with running_gateway(nats_server.url) as gw:
+            link = gw.gateway.link
+            client = link._nc
+            assert client is not None
+            # Straight to nats-py's protocol writer: the server answers -ERR and closes.
+            client._max_payload = 8 * 1024 * 1024
+            await client.publish("falco.notice.x", b"x" * (2 * 1024 * 1024))
+            await until(lambda: client.is_closed, "nats-py closing the connection", 10)
+            await until(lambda: link.connected and link._nc is not client, "a new connection", 15)
+            event = alerts(1)[0]
+            async with gw.client() as http:
+                assert (await http.post(to_falco_json(event))).status == 200
+            (msg,) = await take(queue, 1)
+            assert msg.headers
+            assert msg.headers[MSG_ID_HEADER] == event.alert_id
+    finally:
+        await nc.close()
+
+
+async def test_stream_deleted_while_running_is_created_again(js_server: NatsServer) -> None:
+    events = alerts(6)
+    async with running_gateway(js_server.url, jetstream=True, stream_create=True) as gw:
+        async with gw.client() as http:
+            for event in events[:3]:
+                assert (await http.post(to_falco_json(event))).status == 200
+            telemetry = gw.gateway.telemetry
+            await until(lambda: telemetry.get("published") == 3, "the first three stored", 10)
+            nc = await nats.connect(js_server.url)
+            try:
+                await nc.jetstream().delete_stream("FALCO")
+            finally:
+                await nc.close()
+            for event in events[3:]:
+                assert (await http.post(to_falco_json(event))).status == 200
+            await until(lambda: telemetry.get("published") == 6, "the rest stored", 20)
+        assert gw.gateway.publisher.problem == ""
+    # The stream was created again and holds what came after the deletion.
+    ids = await stream_ids(js_server.url, "FALCO", 3)
+    assert ids == [e.alert_id for e in events[3:]]
+
+
+async def test_full_stream_degrades_delivery_visibly_and_loses_nothing(
+    js_server: NatsServer,
+) -> None:
+    """A stream with discard: new that is full refuses every alert (503): the
+    alerts wait in the spool, /healthz and the gauge say why, and they go out
+    once the stream has room."""
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="FALCO", subjects=["falco.>"], max_msgs=2, discard="new")
+    events = alerts(4)
+    try:
+        async with (
+            running_gateway(js_server.url, jetstream=True) as gw,
+            gw.client() as http,
+        ):
+            for event in events:
+                assert (await http.post(to_falco_json(event))).status == 200
+            publisher = gw.gateway.publisher
+            await until(lambda: "maximum messages" in publisher.problem, "degraded", 10)
+            health = await http.get("/healthz")
+            assert health.status == 503
+            assert b"maximum messages" in health.body
+            metrics = (await http.get("/metrics")).body.decode()
+            assert "falco_nats_gateway_delivery_degraded 1.0" in metrics
+            assert gw.gateway.spool.count == 2
+            await js.purge_stream("FALCO")
+            telemetry = gw.gateway.telemetry
+            await until(lambda: telemetry.get("published") == 4, "the rest stored", 20)
+            assert publisher.problem == ""
+            assert (await http.get("/healthz")).status == 200
+    finally:
+        await nc.close()
