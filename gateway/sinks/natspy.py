@@ -227,10 +227,12 @@ class NatsLink:
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is queued and close; bounded by `timeout`."""
         self._closing = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        if task is not None and not task.done():
+            # nats-py's connect() can swallow a cancellation; the task also looks at
+            # _closing after connecting, and is waited for a bounded time only.
+            task.cancel()
+            await asyncio.wait({task}, timeout=timeout)
         nc = self._nc
         if nc is None or nc.is_closed:
             return
@@ -254,6 +256,8 @@ class NatsLink:
                 await asyncio.sleep(retry.next_delay())
                 continue
             retry.reset()
+            if self._closing:
+                return  # close() came while connecting
             await closed.wait()
             if self._closing:
                 return
