@@ -4,6 +4,7 @@ against the Kubernetes schemas and for what each mode promises."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import fields
 from typing import Any
@@ -615,3 +616,63 @@ def test_helm_lint_finds_nothing_in_either_mode() -> None:
         report = helm.lint(CHART, dict(values), strict=True, kube_version="v1.26.0")
         findings = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
         assert findings == []
+
+
+# --- alert rules and dashboard (metrics.prometheusRule, metrics.grafanaDashboard) ---------------
+
+FILES = CHART / "files"
+
+
+def test_prometheus_rule_carries_the_shipped_rules_unchanged() -> None:
+    rendered = render(
+        {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}
+    )
+    rule = rendered.one("PrometheusRule")
+    shipped = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text(encoding="utf-8"))
+    assert rule["spec"] == shipped
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    # Prometheus's own templates pass through Helm untouched.
+    summaries = [r["annotations"]["summary"] for r in rule["spec"]["groups"][0]["rules"]]
+    assert all("{{ $labels.instance }}" in s for s in summaries)
+
+
+def test_dashboard_config_map_is_labelled_for_grafanas_sidecar() -> None:
+    rendered = render(
+        {
+            **DEPLOYMENT,
+            "metrics": {
+                "grafanaDashboard": {
+                    "enabled": True,
+                    "annotations": {"grafana_folder": "Falco"},
+                    "namespace": "monitoring",
+                }
+            },
+        }
+    )
+    config_map = rendered.one("ConfigMap")
+    meta = config_map["metadata"]
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["annotations"] == {"grafana_folder": "Falco"}
+    assert meta["namespace"] == "monitoring"
+    shipped = json.loads((FILES / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert json.loads(config_map["data"]["falco-nats-gateway.json"]) == shipped
+    default_namespace = render({"metrics": {"grafanaDashboard": {"enabled": True}}})
+    assert default_namespace.one("ConfigMap")["metadata"]["namespace"] == NAMESPACE
+
+
+def test_rules_and_dashboard_are_off_by_default() -> None:
+    for values in ({}, DEPLOYMENT):
+        kinds = render(values).kinds()
+        assert "PrometheusRule" not in kinds
+        assert "ConfigMap" not in kinds
+
+
+def test_prometheus_rule_schema_rejects_a_broken_rule() -> None:
+    rendered = render({"metrics": {"prometheusRule": {"enabled": True}}})
+    rule = copy.deepcopy(rendered.one("PrometheusRule"))
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    rule["spec"]["groups"][0]["rules"][1]["for"] = "five minutes"
+    problems = schema_problems(rule)
+    assert any("'expr' is a required property" in p for p in problems), problems
+    assert any("five minutes" in p for p in problems), problems
