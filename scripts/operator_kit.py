@@ -226,7 +226,6 @@ PANELS: tuple[Panel, ...] = (
                 "{{instance}} delivery degraded",
             ),
         ),
-        width=24,
     ),
 )
 
