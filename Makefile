@@ -11,7 +11,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 
 BENCH_ARGS ?=
 
-.PHONY: help venv proto demo test lint unit k8s image bench clean
+.PHONY: help venv proto demo test lint unit k8s operator dashboard-png image bench clean
 
 help:
 	@echo "make demo    the whole pipeline on this machine: nats-server, gateway, Falco simulator"
@@ -20,6 +20,8 @@ help:
 	@echo "make proto   regenerate gateway/falco_pb/ from proto/"
 	@echo "make bench   the benchmark: ceilings, the gateway, ratios (a few minutes)"
 	@echo "make k8s     check the chart, values files, Dockerfile and demo script (no cluster)"
+	@echo "make operator  alert rules (promtool) and dashboard queries against a real Prometheus"
+	@echo "make dashboard-png  docs/dashboard.png from the Prometheus test's data"
 	@echo "make image   build the container image (needs a Docker engine)"
 	@echo "scripts/minikube-demo.sh [--falco 0.44] [--dry-run]   the demo on a real cluster"
 
@@ -60,6 +62,19 @@ bench: $(PROTO_OUT)
 
 k8s: $(PROTO_OUT)
 	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
+
+# The alert rules and the Grafana dashboard: promtool unit tests, and every query and rule run
+# by a real Prometheus scraping a real gateway (apt-get install prometheus; skipped without it).
+operator: $(PROTO_OUT)
+	$(PY) scripts/operator_kit.py --check
+	$(PY) -m pytest -q tests/operator $(PYTEST_ARGS)
+
+# The README's picture of the dashboard: the Prometheus test's panel data, plotted.
+dashboard-png: $(PROTO_OUT)
+	OPERATOR_KIT_DATA=$(CURDIR)/.dashboard-data.json $(PY) -m pytest -q \
+		tests/operator/test_prometheus.py $(PYTEST_ARGS)
+	$(PY) scripts/dashboard_png.py .dashboard-data.json docs/dashboard.png
+	rm -f .dashboard-data.json
 
 # Needs a Docker engine; tests/k8s checks the Dockerfile without one.
 image:

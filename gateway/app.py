@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway import __version__
 from gateway.config import Settings, redact
@@ -140,6 +140,23 @@ class Gateway:
             1,
             {"version": __version__, "mode": mode},
         )
+        # --- PLACEHOLDERS (operator kit): the fault-handling work defines these two for real
+        # (task restarts; NATS or JetStream refusing alerts after start-up). Zero-valued here
+        # so the dashboard and the alert rules have their series; to be replaced at merge.
+        tasks = CounterMetricFamily(
+            "falco_nats_gateway_task_failures",
+            "Long-lived tasks that ended unexpectedly and were restarted",
+            labels=["task"],
+        )
+        for task in ("http", "publisher", "nats", *(("grpc",) if self.grpc else ())):
+            tasks.add_metric([task], 0)
+        yield tasks
+        yield gauge(
+            "falco_nats_gateway_delivery_degraded",
+            "1 while NATS or JetStream refuses alerts after start-up",
+            0,
+        )
+        # --- end of PLACEHOLDERS
         if self.grpc is not None:
             connected = self.grpc.state.state == "connected"
             yield gauge(

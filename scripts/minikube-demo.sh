@@ -84,7 +84,9 @@ case $FALCO in
         exit 2
         ;;
 esac
-NATS_CHART_VERSION=${NATS_CHART_VERSION:-^1.2.0}
+# The NATS chart's 2.x line (its version follows nats-server's since 2.12); deploy/nats-values.yaml
+# is checked against this release (tests/k8s/test_deploy_values.py).
+NATS_CHART_VERSION=${NATS_CHART_VERSION:-2.14.2}
 NATS_VALUES=$ROOT/deploy/nats-values.yaml
 CHART=$ROOT/charts/falco-nats-gateway
 # Built inside minikube and never pulled (pullPolicy Never): the tag only has to be unique there.
@@ -191,6 +193,28 @@ if [[ -z $DRIVER ]]; then
     esac
 fi
 
+# minikube 1.37 boots its VMs from an ISO whose kernel was built without BTF (kubernetes/minikube
+# issue 21788, fixed in 1.38), and Falco's modern_ebpf driver needs BTF: Falco would never start.
+# docker and podman run the node on this machine's kernel instead.
+check_minikube_kernel() {
+    local version
+    show minikube version --short
+    ((DRY_RUN)) && return 0
+    version=$(minikube version --short 2>/dev/null || true)
+    case $DRIVER in docker | podman | none | ssh) return 0 ;; esac
+    if [[ $version == v1.37.* ]]; then
+        printf 'minikube-demo: minikube %s boots the %s VM from an ISO whose kernel has no BTF
+' "$version" "$DRIVER" >&2
+        printf '  (kubernetes/minikube issue 21788, fixed in minikube 1.38): Falco'"'"'s modern_ebpf driver
+' >&2
+        printf '  cannot start there. Upgrade minikube to 1.38 or later, or run the node on this
+' >&2
+        printf '  machine'"'"'s kernel with --driver docker (it needs BTF: /sys/kernel/btf/vmlinux).
+' >&2
+        exit 1
+    fi
+}
+
 # --- clean-up ---------------------------------------------------------------------------------
 CREATED_PROFILE=0
 SUB_PID=
@@ -233,6 +257,7 @@ fi
 if [[ $host_state == Running ]]; then
     printf 'reusing the running profile %s\n' "$PROFILE"
 else
+    check_minikube_kernel
     # Only a profile that was not there at all is the demo's to delete. minikube's answer for
     # a missing one is a message, not a state, so the known states are what count.
     case $host_state in

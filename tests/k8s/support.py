@@ -6,7 +6,8 @@ No cluster runs here, so three layers stand in for the API server:
   and `helm install` do, values.schema.json included; a template's `fail` raises HelmError;
 - `kubernetes_validate` ships the API's OpenAPI schemas per Kubernetes version; every rendered
   object is checked in strict mode (an unknown or misplaced field is an error) against the
-  oldest version the chart supports and the newest one shipped;
+  oldest version the chart supports and the newest one shipped (the Prometheus Operator's
+  ServiceMonitor and PrometheusRule against their CRDs' fields);
 - `semantic_problems` checks what the schemas cannot and the API server or kubelet would:
   names, that mounts name declared volumes, that probes and Services name declared ports, that
   selectors select the pods.
@@ -91,6 +92,56 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+# The Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1), the CRD's fields for what
+# the chart writes: rule groups, each rule an alert or a recording with an expression.
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": {"type": "string", "pattern": _DURATION},
+                                        "keep_firing_for": {"type": "string", "pattern": _DURATION},
+                                        "labels": _STRING_MAP,
+                                        "annotations": _STRING_MAP,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+_CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
 
 
 def dev_tool(name: str) -> str:
@@ -200,8 +251,9 @@ def _schema_problems(text: str) -> tuple[str, ...]:
     # Cached by content: the many renderings share most of their objects.
     manifest = json.loads(text)
     name = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
-    if manifest.get("kind") == "ServiceMonitor":
-        errors = jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).iter_errors(manifest)
+    crd = _CRD_SCHEMAS.get(str(manifest.get("kind")))
+    if crd is not None:
+        errors = jsonschema.Draft7Validator(crd).iter_errors(manifest)
         return tuple(f"{name}: {'.'.join(map(str, e.path))}: {e.message}" for e in errors)
     problems: list[str] = []
     for version in KUBE_VERSIONS:

@@ -4,6 +4,7 @@ against the Kubernetes schemas and for what each mode promises."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import fields
 from typing import Any
@@ -76,7 +77,7 @@ def test_daemonset_reads_the_socket_as_root_without_any_privilege() -> None:
 def test_daemonset_without_the_socket_is_http_only_and_non_root() -> None:
     rendered = render({"daemonset": {"falcoGrpcSocket": ""}})
     assert "GATEWAY_FALCO_GRPC" not in rendered.env()
-    assert all("hostPath" not in v for v in rendered.pod["volumes"])
+    assert "falco-socket" not in [v["name"] for v in rendered.pod["volumes"]]
     assert rendered.pod["securityContext"]["runAsNonRoot"] is True
     assert rendered.pod["securityContext"]["runAsUser"] == 10001
 
@@ -234,13 +235,14 @@ def test_values_list_every_gateway_setting_with_its_default() -> None:
         f"gateway settings missing from charts/falco-nats-gateway/values.yaml: {missing}; "
         "add each under `config:` (set, or as a commented line `# <key>: <default>  <meaning>`)"
     )
-    # The chart's own defaults start the gateway with the gateway's defaults (nats_url aside:
-    # the NATS chart's Service, where the gateway's default is localhost).
+    # The chart's own defaults start the gateway with the gateway's defaults, but for nats_url
+    # (the NATS chart's Service, where the gateway's default is localhost) and spool_dir (on a
+    # volume: durable, where the gateway's default is memory).
     started = load_gateway_settings(render())
     defaults = gateway_config.Settings()
     for key in chart_values()["config"]:
         assert key in gateway_config.HELP, f"config.{key} is not a gateway setting"
-        if key != "nats_url":
+        if key not in {"nats_url", "spool_dir"}:
             assert getattr(started, key) == getattr(defaults, key), key
 
 
@@ -444,10 +446,45 @@ def test_without_health_listen_there_is_no_health_port() -> None:
 SPOOL_DIR = "/var/spool/falco-nats-gateway"
 
 
+def test_spool_is_durable_by_default_in_both_modes() -> None:
+    # DaemonSet: a folder on the node under /var/lib, so a replaced pod sends what it held.
+    daemonset = render()
+    assert daemonset.volume("spool")["hostPath"]["path"].startswith("/var/lib/")
+    assert daemonset.mount("spool")["mountPath"] == SPOOL_DIR
+    assert load_gateway_settings(daemonset).spool_dir == SPOOL_DIR
+    # Deployment: the volume spool.volume chooses, emptyDir unless told otherwise.
+    deployment = render(DEPLOYMENT)
+    assert "emptyDir" in deployment.volume("spool")
+    assert load_gateway_settings(deployment).spool_dir == SPOOL_DIR
+
+
 def test_no_spool_volume_while_the_spool_is_in_memory() -> None:
     for values in ({}, DEPLOYMENT):
-        volumes = [v["name"] for v in render(values).pod["volumes"]]
-        assert "spool" not in volumes
+        rendered = render({**values, "config": {"spool_dir": ""}})
+        assert "spool" not in [v["name"] for v in rendered.pod["volumes"]]
+        assert "GATEWAY_SPOOL_DIR" not in rendered.env()
+        assert "initContainers" not in rendered.pod
+
+
+def test_non_root_daemonset_is_given_its_host_spool_folder() -> None:
+    # The kubelet creates the hostPath folder owned by root: an init container with CHOWN only.
+    for values in (
+        {"daemonset": {"socketAccessAsRoot": False}},
+        {"daemonset": {"falcoGrpcSocket": ""}},
+    ):
+        rendered = render(values)
+        (init,) = rendered.pod["initContainers"]
+        assert init["command"] == ["chown", "-R", "10001:10001", "/spool"]
+        assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+        assert init["securityContext"]["allowPrivilegeEscalation"] is False
+        assert init["volumeMounts"] == [{"name": "spool", "mountPath": "/spool"}]
+    # Running as root (Falco's socket), or told not to, or in Deployment mode: none.
+    for values in (
+        {},
+        {"daemonset": {"socketAccessAsRoot": False}, "spool": {"chownHostPath": False}},
+        DEPLOYMENT,
+    ):
+        assert "initContainers" not in render(values).pod
 
 
 def test_daemonset_spool_is_a_host_folder_per_release() -> None:
@@ -615,3 +652,119 @@ def test_helm_lint_finds_nothing_in_either_mode() -> None:
         report = helm.lint(CHART, dict(values), strict=True, kube_version="v1.26.0")
         findings = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
         assert findings == []
+
+
+# --- alert rules and dashboard (metrics.prometheusRule, metrics.grafanaDashboard) ---------------
+
+FILES = CHART / "files"
+
+
+def test_prometheus_rule_carries_the_shipped_rules_unchanged() -> None:
+    rendered = render(
+        {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}
+    )
+    rule = rendered.one("PrometheusRule")
+    shipped = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text(encoding="utf-8"))
+    assert rule["spec"] == shipped
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    # Prometheus's own templates pass through Helm untouched.
+    summaries = [r["annotations"]["summary"] for r in rule["spec"]["groups"][0]["rules"]]
+    assert all("{{ $labels.instance }}" in s for s in summaries)
+
+
+def test_dashboard_config_map_is_labelled_for_grafanas_sidecar() -> None:
+    rendered = render(
+        {
+            **DEPLOYMENT,
+            "metrics": {
+                "grafanaDashboard": {
+                    "enabled": True,
+                    "annotations": {"grafana_folder": "Falco"},
+                    "namespace": "monitoring",
+                }
+            },
+        }
+    )
+    config_map = rendered.one("ConfigMap")
+    meta = config_map["metadata"]
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["annotations"] == {"grafana_folder": "Falco"}
+    assert meta["namespace"] == "monitoring"
+    shipped = json.loads((FILES / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert json.loads(config_map["data"]["falco-nats-gateway.json"]) == shipped
+    default_namespace = render({"metrics": {"grafanaDashboard": {"enabled": True}}})
+    assert default_namespace.one("ConfigMap")["metadata"]["namespace"] == NAMESPACE
+
+
+def test_rules_and_dashboard_are_off_by_default() -> None:
+    for values in ({}, DEPLOYMENT):
+        kinds = render(values).kinds()
+        assert "PrometheusRule" not in kinds
+        assert "ConfigMap" not in kinds
+
+
+def test_prometheus_rule_schema_rejects_a_broken_rule() -> None:
+    rendered = render({"metrics": {"prometheusRule": {"enabled": True}}})
+    rule = copy.deepcopy(rendered.one("PrometheusRule"))
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    rule["spec"]["groups"][0]["rules"][1]["for"] = "five minutes"
+    problems = schema_problems(rule)
+    assert any("'expr' is a required property" in p for p in problems), problems
+    assert any("five minutes" in p for p in problems), problems
+
+
+# --- NOTES.txt: what `helm install` prints ------------------------------------------------------
+
+
+def notes(values: dict[str, Any]) -> str:
+    output = helm.Chart.load(CHART).render(
+        values, name=RELEASE, namespace=NAMESPACE, is_install=True
+    )
+    return next(text for name, text in output.items() if name.endswith("/NOTES.txt"))
+
+
+TLS_FILES = {
+    "tls_cert": {"name": "gw-tls", "key": "tls.crt"},
+    "tls_key": {"name": "gw-tls", "key": "tls.key"},
+}
+HOST = f"{RELEASE}.{NAMESPACE}.svc"
+
+
+def test_notes_use_plain_http_without_tls() -> None:
+    text = notes({})
+    assert f"  http://{HOST}:2801/" in text
+    assert "curl -s http://127.0.0.1:2801/healthz" in text
+    assert "https" not in text
+    assert "/var/lib/falco-nats-gateway/falco/falco-nats-gateway" in text
+
+
+def test_notes_use_https_with_the_ca_once_tls_is_on() -> None:
+    text = notes({"secretFiles": TLS_FILES})
+    assert f"  https://{HOST}:2801/" in text
+    # The certificate names the Service, not 127.0.0.1: curl resolves the name to the tunnel.
+    assert (
+        f"curl -s --cacert ca.crt --resolve {HOST}:2801:127.0.0.1 https://{HOST}:2801/healthz"
+    ) in text
+    assert "Secret gw-tls" in text
+    assert "http://127.0.0.1" not in text
+
+
+def test_notes_use_the_plain_health_port_and_name_mtls_with_client_certificates() -> None:
+    files = {**TLS_FILES, "tls_client_ca": {"name": "gw-tls", "key": "ca.crt"}}
+    text = notes({**DEPLOYMENT, "config": {"health_listen": "0.0.0.0:2802"}, "secretFiles": files})
+    assert f"  https://{HOST}:2801/" in text
+    assert "http_output.mtls: true" in text
+    assert "port-forward svc/falco-nats-gateway 2802" in text
+    assert "curl -s http://127.0.0.1:2802/healthz" in text
+    assert "--cacert" not in text
+
+
+def test_notes_say_where_the_spool_is_and_what_monitoring_is_on() -> None:
+    assert "an emptyDir" in notes(DEPLOYMENT)
+    assert "in memory" in notes({"config": {"spool_dir": ""}})
+    assert "Monitoring" not in notes({})
+    text = notes({"metrics": {"prometheusRule": {"enabled": True}}})
+    assert "PrometheusRule falco-nats-gateway" in text
+    assert "http_user" not in text
+    assert f"<http_user>:<http_password>@{HOST}" in notes({"config": {"http_user": "falco"}})

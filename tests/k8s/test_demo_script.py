@@ -19,6 +19,8 @@ from tests.k8s.support import DEPLOY, ROOT, SCRIPT, dev_tool
 
 BASH = shutil.which("bash") or "/bin/bash"
 SUBJECT = "falco.notice.terminal_shell_in_container"
+# The NATS chart the demo installs, the one deploy/nats-values.yaml is checked against.
+NATS_CHART_VERSION = "2.14.2"
 CLUSTER_TOOLS = ("minikube", "kubectl", "helm")
 
 Command = list[str]
@@ -190,6 +192,8 @@ def test_every_cluster_command_names_the_demo_profile() -> None:
     for command in cluster_commands(commands):
         if command[:3] == ["helm", "repo", "add"] or command[:3] == ["helm", "repo", "update"]:
             continue  # local repository list, no cluster
+        if command[:2] == ["minikube", "version"]:
+            continue  # the binary's own version, no cluster
         context = {"kubectl": "--context", "helm": "--kube-context", "minikube": "-p"}
         assert option(command, context[command[0]]) == "demo-x", shlex.join(command)
 
@@ -262,6 +266,7 @@ case "${0##*/} $*" in
     script*)
         while [ "$1" != -c ]; do shift; done
         exec /bin/sh -c "$2" ;;
+    "minikube version"*) echo "${FAKE_MINIKUBE_VERSION:-v1.38.0}" ;;
     "minikube status"*)  # no such profile, unless the test says which state it is in
         [ -n "${FAKE_HOST:-}" ] || exit 7
         echo "$FAKE_HOST" ;;
@@ -345,3 +350,45 @@ def test_a_running_profile_is_reused_and_only_the_demos_releases_removed(tmp_pat
     uninstalled = [c[c.index("uninstall") + 1] for c in calls if "uninstall" in c]
     assert sorted(uninstalled) == ["falco", "falco-nats-gateway", "nats"]
     assert [c for c in calls if c[-4:-2] == ["namespace", "falco-nats-demo"]]
+
+
+def test_minikube_137_with_a_vm_driver_stops_before_starting_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = fake_tools(tmp_path, nats_sub_output("grpc", ALERT))
+    result = run_demo(
+        "--driver",
+        "kvm2",
+        path=env.pop("PATH"),
+        extra_env={**env, "FAKE_MINIKUBE_VERSION": "v1.37.0"},
+    )
+    assert result.returncode == 1
+    assert "minikube v1.37.0 boots the kvm2 VM from an ISO whose kernel has no BTF" in result.stderr
+    assert "kubernetes/minikube issue 21788" in result.stderr
+    assert "Upgrade minikube to 1.38 or later" in result.stderr
+    assert "--driver docker" in result.stderr
+    calls = logged_calls(env)
+    # Nothing started, so nothing deleted.
+    assert not [c for c in calls if c[0] == "minikube" and c[1] in {"start", "delete"}]
+
+
+def test_minikube_137_on_the_hosts_kernel_or_138_goes_ahead(tmp_path: Path) -> None:
+    for args, version in ((["--driver", "docker"], "v1.37.0"), (["--driver", "kvm2"], "v1.38.1")):
+        run_dir = tmp_path / version / args[1]
+        run_dir.mkdir(parents=True)
+        env = fake_tools(run_dir, nats_sub_output("grpc", ALERT))
+        result = run_demo(
+            *args, path=env.pop("PATH"), extra_env={**env, "FAKE_MINIKUBE_VERSION": version}
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert [c for c in logged_calls(env) if c[:2] == ["minikube", "start"]]
+
+
+def test_the_minikube_version_is_asked_before_a_profile_is_started() -> None:
+    commands = planned_commands(run_demo("--dry-run").stdout)
+    assert index_of(commands, "minikube", "version") < index_of(commands, "minikube", "start")
+
+
+def test_nats_is_installed_from_the_pinned_2x_chart() -> None:
+    nats = helm_install(planned_commands(run_demo("--dry-run").stdout), "nats")
+    assert option(nats, "--version") == NATS_CHART_VERSION

@@ -4,12 +4,15 @@ across three charts are where a real cluster would fail without saying why."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -19,6 +22,7 @@ from tests.k8s.support import (
     DEPLOY,
     NAMESPACE,
     RELEASE,
+    SCRIPT,
     load_yaml_documents,
     render,
     schema_problems,
@@ -157,3 +161,43 @@ def test_demo_trigger_pod_is_valid() -> None:
         assert schema_problems(document) == []
     pod = documents[1]
     assert (pod["metadata"]["namespace"], pod["metadata"]["name"]) == ("falco-nats-demo", "nginx")
+
+
+def pinned_nats_chart_version() -> str:
+    match = re.search(r"NATS_CHART_VERSION=\$\{NATS_CHART_VERSION:-([^}]+)\}", SCRIPT.read_text())
+    assert match, "scripts/minikube-demo.sh pins no NATS chart version"
+    return match[1]
+
+
+def test_nats_values_render_on_the_chart_the_demo_installs() -> None:
+    """deploy/nats-values.yaml through the NATS chart itself, the version the demo pins. The
+    chart is not in this repository: NATS_CHART_DIR names an unpacked copy, e.g.
+    `helm pull nats --repo https://nats-io.github.io/k8s/helm/charts/ --version 2.14.2 --untar`."""
+    directory = os.environ.get("NATS_CHART_DIR")
+    version = pinned_nats_chart_version()
+    if not directory:
+        pytest.skip(
+            f"NATS_CHART_DIR is not set: unpack nats/nats {version} (helm pull nats --repo "
+            f"https://nats-io.github.io/k8s/helm/charts/ --version {version} --untar) and name it"
+        )
+    chart = helm.Chart.load(Path(directory))
+    assert yaml.safe_load((Path(directory) / "Chart.yaml").read_text())["version"] == version
+    output = chart.render(
+        values("nats-values.yaml"), name="nats", namespace="nats", is_install=True
+    )
+    objects = {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for text in output.values()
+        for doc in yaml.safe_load_all(text)
+        if doc
+    }
+    # What the gateway's nats_url and the demo script count on.
+    service = objects[("Service", "nats")]
+    assert {"name": "nats", "port": 4222} in [
+        {"name": p["name"], "port": p["port"]} for p in service["spec"]["ports"]
+    ]
+    assert ("StatefulSet", "nats") in objects
+    assert ("Deployment", "nats-box") in objects
+    config = objects[("ConfigMap", "nats-config")]["data"]["nats.conf"]
+    assert '"jetstream"' in config
+    assert '"max_file_store": 1Gi' in config

@@ -45,6 +45,40 @@ spec:
     {{- $_ := set $podSecurity "runAsNonRoot" false }}
     {{- end }}
     {{- toYaml $podSecurity | nindent 4 }}
+  {{- if and .Values.config.spool_dir (eq .Values.mode "daemonset") .Values.spool.chownHostPath (not (include "falco-nats-gateway.socketAsRoot" .)) }}
+  initContainers:
+    # The kubelet creates the spool's host folder owned by root; the gateway runs as
+    # podSecurityContext's user. Root here, with no capability but CHOWN, gives it the folder.
+    - name: spool-owner
+      image: {{ include "falco-nats-gateway.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      command:
+        - chown
+        - -R
+        - {{ printf "%v:%v" (.Values.podSecurityContext.runAsUser | default 10001 | int) (.Values.podSecurityContext.runAsGroup | default 10001 | int) | quote }}
+        - /spool
+      securityContext:
+        runAsUser: 0
+        runAsGroup: 0
+        runAsNonRoot: false
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        privileged: false
+        capabilities:
+          drop:
+            - ALL
+          add:
+            - CHOWN
+      resources:
+        requests:
+          cpu: 10m
+          memory: 16Mi
+        limits:
+          memory: 64Mi
+      volumeMounts:
+        - name: spool
+          mountPath: /spool
+  {{- end }}
   containers:
     - name: gateway
       image: {{ include "falco-nats-gateway.image" . | quote }}
