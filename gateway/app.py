@@ -140,9 +140,9 @@ class Gateway:
             1,
             {"version": __version__, "mode": mode},
         )
-        # --- PLACEHOLDERS (operator kit): the fault-handling work defines these two for real
-        # (task restarts; NATS or JetStream refusing alerts after start-up). Zero-valued here
-        # so the dashboard and the alert rules have their series; to be replaced at merge.
+        # --- PLACEHOLDERS (operator kit): the supervision work defines this one for real
+        # (task restarts). Zero-valued here so the dashboard and the alert rules have their
+        # series; to be replaced at merge.
         tasks = CounterMetricFamily(
             "falco_nats_gateway_task_failures",
             "Long-lived tasks that ended unexpectedly and were restarted",
@@ -151,11 +151,6 @@ class Gateway:
         for task in ("http", "publisher", "nats", *(("grpc",) if self.grpc else ())):
             tasks.add_metric([task], 0)
         yield tasks
-        yield gauge(
-            "falco_nats_gateway_delivery_degraded",
-            "1 while NATS or JetStream refuses alerts after start-up",
-            0,
-        )
         # --- end of PLACEHOLDERS
         if self.grpc is not None:
             connected = self.grpc.state.state == "connected"
