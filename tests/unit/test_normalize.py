@@ -165,7 +165,7 @@ def test_json_sent_as_text_plain_is_still_read() -> None:
         ('["a","b"]', ["a", "b"]),
         ("root", "root"),
         ("", ""),
-        ("<NA>", "<NA>"),
+        ("<NA>", None),
         ("1 ", "1 "),
         (" 1", " 1"),
         ("-", "-"),
@@ -222,7 +222,10 @@ def test_grpc_without_time_or_rule_is_rejected() -> None:
 def test_both_wire_formats_give_the_same_event(template: object) -> None:
     event = render(template, 1_700_000_000_123_456_789, "node-1")  # type: ignore[arg-type]
     assert from_http_body(to_falco_json(event)) == event
-    assert from_grpc(to_grpc_response(event)) == event
+    assert from_grpc(to_grpc_response(event, json_output=True)) == event
+    if event.source != "internal":
+        # Falco's text line for an internal alert is not its JSON `output`.
+        assert from_grpc(to_grpc_response(event)) == event
 
 
 def test_event_is_frozen() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 
 from gateway.event import FalcoEvent, Priority
@@ -16,7 +18,7 @@ def test_keys_in_falcosidekick_order() -> None:
     doc = orjson.loads(falcosidekick_json(EVENT))
     assert list(doc) == FALCOSIDEKICK_KEYS
     assert doc["priority"] == "Notice"
-    assert doc["time"] == "2021-02-08T20:19:15.325119960Z"
+    assert doc["time"] == "2021-02-08T20:19:15.32511996Z"  # Go's RFC3339Nano
     assert doc["uuid"] == EVENT.alert_id
     assert list(doc["output_fields"]) == sorted(doc["output_fields"])
     assert doc["output_fields"]["proc.tty"] == 34816
@@ -38,22 +40,33 @@ def test_same_alert_same_bytes_on_both_paths() -> None:
     assert falcosidekick_json(over_http) == falcosidekick_json(over_grpc)
 
 
-def test_alert_id_survives_what_older_or_trimmed_falco_json_leaves_out() -> None:
-    # json_include_output_property: false, and Falco before hostname/source in JSON.
-    trimmed = orjson.loads(to_falco_json(EVENT, include_output=False))
-    for key in ("hostname", "source", "tags", "output_fields"):
-        trimmed.pop(key)
-    assert (
-        from_http_body(orjson.dumps(trimmed)).alert_id
-        == from_grpc(to_grpc_response(EVENT)).alert_id
-    )
+def test_alert_without_output_is_identified_by_its_fields_never_merged() -> None:
+    # json_include_output_property: false. Two alerts of the same rule, priority,
+    # host and second that differ only in their fields stay two alerts.
+    first = orjson.loads(to_falco_json(EVENT, include_output=False))
+    second = orjson.loads(to_falco_json(EVENT, include_output=False))
+    second["output_fields"]["proc.cmdline"] = "sh"
+    ids = {from_http_body(orjson.dumps(doc)).alert_id for doc in (first, second)}
+    assert len(ids) == 2
+    assert from_http_body(orjson.dumps(first)).alert_id in ids  # stable for one alert
 
 
-def test_alert_id_differs_by_time_rule_and_priority() -> None:
+def test_alert_with_neither_output_nor_fields_is_never_a_duplicate() -> None:
+    bare = FalcoEvent(EVENT.time_ns, EVENT.priority, EVENT.rule, source="syscall")
+    assert bare.alert_id != bare.alert_id
+
+
+def test_alert_id_differs_by_every_part() -> None:
+    base = FalcoEvent(EVENT.time_ns, EVENT.priority, EVENT.rule, "out", "syscall", "node-1")
     ids = {
-        EVENT.alert_id,
-        FalcoEvent(EVENT.time_ns + 1, EVENT.priority, EVENT.rule).alert_id,
-        FalcoEvent(EVENT.time_ns, Priority.WARNING, EVENT.rule).alert_id,
-        FalcoEvent(EVENT.time_ns, EVENT.priority, EVENT.rule + "x").alert_id,
+        base.alert_id,
+        replace(base, time_ns=base.time_ns + 1).alert_id,
+        replace(base, priority=Priority.WARNING).alert_id,
+        replace(base, rule=base.rule + "x").alert_id,
+        replace(base, output="out2").alert_id,
+        replace(base, source="aws_cloudtrail").alert_id,
+        replace(base, hostname="node-2").alert_id,
+        # No separator can be forged: the parts are a JSON array.
+        replace(base, rule=base.rule + '","syscall', source="node-1").alert_id,
     }
-    assert len(ids) == 4
+    assert len(ids) == 8
