@@ -464,9 +464,14 @@ def _from_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"{path} must hold a mapping of settings")
     values: dict[str, Any] = {}
     for key, value in _flatten(_custom_as_text(doc)).items():
-        if key.lower() in FALCOSIDEKICK_REFUSED:
+        # templatedfields is a mapping in YAML: its entries flatten to templatedfields.<name>.
+        refused = next(
+            (k for k in (key.lower(), key.lower().split(".")[0]) if k in FALCOSIDEKICK_REFUSED),
+            None,
+        )
+        if refused is not None:
             raise ConfigError(
-                key, f"falcosidekick setting not supported: {FALCOSIDEKICK_REFUSED[key.lower()]}"
+                key, f"falcosidekick setting not supported: {FALCOSIDEKICK_REFUSED[refused]}"
             )
         name = FALCOSIDEKICK_ALIASES.get(key.lower(), key)
         if name not in _KEYS and name not in {"listen_address", "listen_port", "debug"}:

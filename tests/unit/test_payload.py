@@ -6,7 +6,7 @@ import orjson
 
 from gateway.event import FalcoEvent, Priority
 from gateway.normalize import from_grpc, from_http_body
-from gateway.payload import falcosidekick_json
+from gateway.payload import Stamp, falcosidekick_json
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json, to_grpc_response
 from tests.support import FALCOSIDEKICK_KEYS
@@ -70,3 +70,21 @@ def test_alert_id_differs_by_every_part() -> None:
         replace(base, rule=base.rule + '","syscall', source="node-1").alert_id,
     }
     assert len(ids) == 8
+
+
+def test_custom_fields_replace_and_join_sorted_and_custom_tags_sort_in() -> None:
+    event = FalcoEvent(
+        1, Priority.ERROR, "r", output_fields={"b": 1, "proc.name": "sh"}, tags=("m",)
+    )
+    stamp = Stamp({"proc.name": "custom", "a": "x"}, ("z", "a"))
+    doc = orjson.loads(falcosidekick_json(event, stamp=stamp))
+    assert list(doc["output_fields"].items()) == [("a", "x"), ("b", 1), ("proc.name", "custom")]
+    assert doc["tags"] == ["a", "m", "z"]
+
+
+def test_strings_are_escaped_as_gos_json_marshal_escapes_them() -> None:
+    event = FalcoEvent(1, Priority.ERROR, "r&d", output="a->b <NA>\u2028", source="syscall")
+    data = falcosidekick_json(event)
+    assert b'"output":"a-\\u003eb \\u003cNA\\u003e\\u2028"' in data
+    assert b'"rule":"r\\u0026d"' in data
+    assert orjson.loads(data)["output"] == event.output

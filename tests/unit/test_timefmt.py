@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.timefmt import format_rfc3339_ns, parse_rfc3339_ns
+from gateway.timefmt import format_rfc3339_nano, format_rfc3339_ns, parse_rfc3339_ns
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,19 @@ def test_format_always_writes_nine_digits_and_z() -> None:
 def test_unparseable_times_raise(text: str) -> None:
     with pytest.raises(ValueError, match="time"):
         parse_rfc3339_ns(text)
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (1_612_815_555_325_119_960, "2021-02-08T20:19:15.32511996Z"),
+        (1_612_815_581_000_000_000, "2021-02-08T20:19:41Z"),
+        (1_612_815_581_100_000_000, "2021-02-08T20:19:41.1Z"),
+        (1_612_815_581_000_000_001, "2021-02-08T20:19:41.000000001Z"),
+        (0, "1970-01-01T00:00:00Z"),
+    ],
+)
+def test_payload_time_is_gos_rfc3339nano(ns: int, text: str) -> None:
+    # Go's time.RFC3339Nano, as falcosidekick's json.Marshal of time.Time writes it.
+    assert format_rfc3339_nano(ns) == text
+    assert parse_rfc3339_ns(text) == ns
