@@ -64,8 +64,9 @@ class Limits:
 
     Too many fields: the alert is rejected (no Falco rule has hundreds; a flood of
     them is a broken or hostile sender). A value too long (a long command line is
-    real) is cut to `max_field_bytes` and marked with `[truncated]`, as
-    falcosidekick does, so the alert still goes out.
+    real) is cut to `max_field_bytes` and marked with `[truncated]`, so the alert
+    still goes out. (falcosidekick cuts otherwise: strings over 512 bytes to 507 +
+    `[...]` when its payload exceeds 4,096 bytes.)
     """
 
     max_fields: int = 512
