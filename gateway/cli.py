@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
             metavar=_METAVARS.get(key, key.split("_")[-1].upper()),
-            help=f"{text} (default: {default!r}; env {config.env_name(key)})",
+            # argparse formats help with %: a literal one (custom_fields' %VAR) is doubled.
+            help=f"{text} (default: {default!r}; env {config.env_name(key)})".replace("%", "%%"),
         )
     return parser
 

@@ -46,14 +46,17 @@ def to_falco_json(event: FalcoEvent, include_output: bool = True) -> bytes:
 
 
 def to_grpc_response(
-    event: FalcoEvent, json_output: bool = False, include_output: bool = True
+    event: FalcoEvent, json_output: bool = True, include_output: bool = True
 ) -> outputs_pb2.response:
     """The `falco.outputs.response` Falco 0.43 writes on its sub stream.
 
-    `output` is the message Falco hands every output: its text line, or with
-    `json_output: true` the whole JSON document http_output posts
-    (outputs_grpc.cpp copies it). `output_fields` holds the rule's format fields
-    only (not the prefix's `evt.time`), each as libsinsp's text: `<NA>` for no
+    `output` is the message Falco hands every output: with `json_output: true`
+    the whole JSON document http_output posts (outputs_grpc.cpp copies it), or
+    its text line. `json_output` defaults to true, the setup the gateway documents
+    (http_output needs it); False gives Falco's own default.
+
+    `output_fields` holds the rule's format fields only (not the prefix's
+    `evt.time`), each as libsinsp's text: `<NA>` for no
     value, `true`/`false`, numbers in decimal, a list as `(a,b)`. Internal alerts'
     fields are JSON values, written as their JSON text when not strings.
     """

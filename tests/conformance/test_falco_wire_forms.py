@@ -86,7 +86,7 @@ async def test_one_alert_on_both_paths_is_one_message(
         gw.client() as http,
     ):
         for event in TEXT_FORM:
-            falco.emit(to_grpc_response(event))
+            falco.emit(to_grpc_response(event, json_output=False))
             await _one(inbox)
             answer = await http.post(to_falco_json(event))
             assert orjson.loads(answer.body) == {"status": "duplicate"}, event.rule
@@ -115,7 +115,7 @@ async def test_distinct_alerts_of_one_rule_and_second_are_not_merged(
     ):
         for event, path in zip(alerts, paths, strict=True):
             if path == "grpc":
-                falco.emit(to_grpc_response(event))
+                falco.emit(to_grpc_response(event, json_output=False))
             else:
                 assert (await http.post(to_falco_json(event))).status == 200
             await _one(inbox)
@@ -147,7 +147,7 @@ async def _grpc_fields(
 ) -> dict[str, object]:
     nc, inbox = await subscribe(nats_server.url)
     async with running_gateway(nats_server.url, falco_grpc=socket_path):
-        falco.emit(to_grpc_response(event))
+        falco.emit(to_grpc_response(event, json_output=False))
         msg = await _one(inbox)
     await nc.close()
     fields = orjson.loads(msg.data)["output_fields"]
@@ -159,7 +159,7 @@ async def test_grpc_missing_value_is_null(
     nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     event = next(e for e in STOCK if e.rule == "Launch Privileged Container")
-    assert to_grpc_response(event).output_fields["k8s.pod.name"] == "<NA>"
+    assert to_grpc_response(event, json_output=False).output_fields["k8s.pod.name"] == "<NA>"
     fields = await _grpc_fields(nats_server, socket_path, await start_falco(socket_path), event)
     assert fields["k8s.pod.name"] is None
 
@@ -178,6 +178,6 @@ async def test_grpc_gets_the_evt_time_prefix_field(
     nats_server: NatsServer, socket_path: str, start_falco: StartFalco
 ) -> None:
     event = STOCK[0]
-    assert "evt.time" not in to_grpc_response(event).output_fields
+    assert "evt.time" not in to_grpc_response(event, json_output=False).output_fields
     fields = await _grpc_fields(nats_server, socket_path, await start_falco(socket_path), event)
     assert fields["evt.time"] == event.time_ns

@@ -36,8 +36,9 @@ def test_empty_tags_and_hostname_are_omitted_like_omitempty() -> None:
 
 def test_same_alert_same_bytes_on_both_paths() -> None:
     over_http = from_http_body(to_falco_json(EVENT))
-    over_grpc = from_grpc(to_grpc_response(EVENT))
-    assert falcosidekick_json(over_http) == falcosidekick_json(over_grpc)
+    for json_output in (True, False):
+        over_grpc = from_grpc(to_grpc_response(EVENT, json_output=json_output))
+        assert falcosidekick_json(over_http) == falcosidekick_json(over_grpc)
 
 
 def test_alert_without_output_is_identified_by_its_fields_never_merged() -> None:
