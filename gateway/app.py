@@ -18,6 +18,7 @@ from gateway.dedup import DedupWindow
 from gateway.logs import log
 from gateway.nats_options import connect_options
 from gateway.normalize import Limits
+from gateway.payload import Stamp
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.sinks.nats import NatsSink
@@ -75,6 +76,7 @@ class Gateway:
             dedup=self.dedup,
             on_spooled=self.publisher.notify,
             telemetry=self.telemetry,
+            stamp=Stamp(s.custom_field_map, s.custom_tag_list),
         )
         limits = Limits(s.max_output_fields, s.max_field_bytes)
         self.grpc: FalcoGrpcSource | None = None

@@ -20,7 +20,9 @@ Every setting can also come from a YAML file (--config, keys as in the table
 below without the dashes: nats_url, listen, ...) and from an environment
 variable GATEWAY_<KEY> (GATEWAY_NATS_URL, GATEWAY_LISTEN, ...). falcosidekick's
 names are accepted too: NATS_HOSTPORT, NATS_SUBJECTTEMPLATE, NATS_MINIMUMPRIORITY,
-LISTENADDRESS, LISTENPORT. Flags win over the environment, which wins over the file.
+LISTENADDRESS, LISTENPORT, CUSTOMFIELDS, CUSTOMTAGS; a falcosidekick setting the
+gateway does not implement (TEMPLATEDFIELDS, NATS_MUTUALTLS, ...) stops start-up
+with what to use instead. Flags win over the environment, which wins over the file.
 
 examples:
   falco-nats-gateway --nats-url nats://nats:4222
@@ -80,6 +82,8 @@ _METAVARS = {
     "nats_password_file": "FILE",
     "nats_nkey_seed": "FILE",
     "nats_creds": "FILE",
+    "custom_fields": "KEY:VALUE[,...]",
+    "custom_tags": "TAG[,...]",
 }
 
 
@@ -106,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
             metavar=_METAVARS.get(key, key.split("_")[-1].upper()),
-            help=f"{text} (default: {default!r}; env {config.env_name(key)})",
+            # argparse formats help with %: a literal one (custom_fields' %VAR) is doubled.
+            help=f"{text} (default: {default!r}; env {config.env_name(key)})".replace("%", "%%"),
         )
     return parser
 

@@ -93,6 +93,9 @@ class Settings:
     nats_password_file: str = ""
     nats_nkey_seed: str = ""
     nats_creds: str = ""
+    # falcosidekick's CUSTOMFIELDS and CUSTOMTAGS: added to every alert's payload.
+    custom_fields: str = ""
+    custom_tags: str = ""
 
     @property
     def http_tls(self) -> bool:
@@ -128,6 +131,16 @@ class Settings:
     @property
     def minimum(self) -> Priority:
         return Priority.parse(self.minimum_priority)
+
+    @property
+    def custom_field_map(self) -> dict[str, str]:
+        """custom_fields as a mapping; `%NAME` values read from the environment."""
+        return parse_custom_fields(self.custom_fields, os.environ)
+
+    @property
+    def custom_tag_list(self) -> tuple[str, ...]:
+        # falcosidekick drops every space from CUSTOMTAGS; empty tags are dropped here too.
+        return tuple(t for t in self.custom_tags.replace(" ", "").split(",") if t)
 
     @property
     def stream_subject_list(self) -> tuple[str, ...]:
@@ -166,6 +179,7 @@ class Settings:
             )
         self._validate_delivery()
         self._validate_security()
+        self.custom_field_map  # noqa: B018 - raises ConfigError naming a bad entry
         return self
 
     def _validate_security(self) -> None:
@@ -300,6 +314,8 @@ HELP: dict[str, str] = {
     "nats_password_file": "file holding the NATS password",
     "nats_nkey_seed": "file holding the NKey seed (SU...) of the gateway's NATS user",
     "nats_creds": "NATS credentials file (.creds: user JWT and NKey seed)",
+    "custom_fields": "key:value,... added to every alert's output_fields (value %VAR: from env)",
+    "custom_tags": "tag,... added to every alert's tags",
 }
 
 # Secrets given as a value, each of which may come from a file instead (`<key>_file`).
@@ -314,7 +330,42 @@ FALCOSIDEKICK_ALIASES: dict[str, str] = {
     "listenaddress": "listen_address",
     "listenport": "listen_port",
     "debug": "debug",
+    "customfields": "custom_fields",
+    "customtags": "custom_tags",
 }
+
+# falcosidekick settings this gateway does not implement, each with what to use
+# instead: set in the environment or the YAML file, they stop start-up, so that no
+# configured intent is dropped without a word.
+FALCOSIDEKICK_REFUSED: dict[str, str] = {
+    "templatedfields": "not implemented: derive such fields in the subscriber; "
+    "custom_fields adds constant ones",
+    "outputfieldformat": "not implemented: `output` is published as Falco wrote it; "
+    "reformat it in the subscriber",
+    "bracketreplacer": "not implemented: output_fields keys are published as Falco "
+    "writes them (proc.aname[2])",
+    "nats.mutualtls": "use nats_cert and nats_key (and nats_ca) for mutual TLS to NATS",
+    "nats.checkcert": "the NATS server's certificate is always verified; give its CA with nats_ca",
+    "nats.maxconcurrentrequests": "not needed: one NATS connection carries every alert "
+    "(publish_batch bounds what is in flight)",
+    "mutualtlsfilespath": "use nats_cert, nats_key, nats_ca (NATS) and tls_cert, tls_key, "
+    "tls_client_ca (the HTTP listener)",
+    "mutualtlsclient.certfile": "use nats_cert",
+    "mutualtlsclient.keyfile": "use nats_key",
+    "mutualtlsclient.cacertfile": "use nats_ca",
+    "tlsclient.cacertfile": "use nats_ca",
+    "tlsserver.deploy": "set tls_cert and tls_key to serve HTTPS",
+    "tlsserver.certfile": "use tls_cert",
+    "tlsserver.keyfile": "use tls_key",
+    "tlsserver.mutualtls": "set tls_client_ca to require client certificates",
+    "tlsserver.cacertfile": "use tls_client_ca",
+    "tlsserver.notlsport": "use health_listen (plain HTTP for /ping, /healthz, /readyz, /metrics)",
+    "tlsserver.notlspaths": "use health_listen (it serves /ping, /healthz, /readyz, /metrics)",
+    "stan.hostport": "NATS Streaming is not supported: use jetstream: true",
+    "stan.clusterid": "NATS Streaming is not supported: use jetstream: true",
+    "stan.clientid": "NATS Streaming is not supported: use jetstream: true",
+}
+FALCOSIDEKICK_REFUSED_ENV = {key.replace(".", "_").upper(): key for key in FALCOSIDEKICK_REFUSED}
 FALCOSIDEKICK_ENV = {
     key.replace(".", "_").upper(): name for key, name in FALCOSIDEKICK_ALIASES.items()
 }
@@ -422,12 +473,60 @@ def _from_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ConfigError("config", f"{path} must hold a mapping of settings")
     values: dict[str, Any] = {}
-    for key, value in _flatten(doc).items():
+    for key, value in _flatten(_custom_as_text(doc)).items():
+        # templatedfields is a mapping in YAML: its entries flatten to templatedfields.<name>.
+        refused = next(
+            (k for k in (key.lower(), key.lower().split(".")[0]) if k in FALCOSIDEKICK_REFUSED),
+            None,
+        )
+        if refused is not None:
+            raise ConfigError(
+                key, f"falcosidekick setting not supported: {FALCOSIDEKICK_REFUSED[refused]}"
+            )
         name = FALCOSIDEKICK_ALIASES.get(key.lower(), key)
         if name not in _KEYS and name not in {"listen_address", "listen_port", "debug"}:
             raise ConfigError(key, f"unknown setting in {path}; known: {', '.join(_KEYS)}")
         values[name] = value
     return values
+
+
+def _custom_as_text(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """falcosidekick's YAML form of custom fields (a mapping) and tags (a list), as
+    the text form of custom_fields and custom_tags."""
+    converted = dict(doc)
+    for key, value in doc.items():
+        name = FALCOSIDEKICK_ALIASES.get(str(key).lower(), str(key))
+        if name == "custom_fields" and isinstance(value, dict):
+            for field_name, field_value in value.items():
+                if isinstance(field_value, dict | list) or field_value is None:
+                    raise ConfigError(f"{key}.{field_name}", "expected a text value")
+            converted[key] = ",".join(f"{k}:{v}" for k, v in value.items())
+        elif name == "custom_tags" and isinstance(value, list):
+            converted[key] = ",".join(str(tag) for tag in value)
+    return converted
+
+
+def parse_custom_fields(text: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """`key:value,key:%VAR` as falcosidekick reads CUSTOMFIELDS, except that a value
+    may hold ':' (falcosidekick skips such an entry) and a bad entry or an unset
+    variable is an error naming it (falcosidekick logs it and goes on)."""
+    fields: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition(":")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("custom_fields", f"{entry!r} is not key:value")
+        if value.startswith("%"):
+            variable = value[1:]
+            value = environ.get(variable, "")
+            if not value:
+                raise ConfigError(
+                    "custom_fields", f"{key}: environment variable {variable!r} is unset or empty"
+                )
+        fields[key] = value
+    return fields
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -443,6 +542,11 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    for name, key in FALCOSIDEKICK_REFUSED_ENV.items():
+        if name in environ:
+            raise ConfigError(
+                name, f"falcosidekick setting not supported: {FALCOSIDEKICK_REFUSED[key]}"
+            )
     for name, key in FALCOSIDEKICK_ENV.items():
         if name in environ:
             values[key] = environ[name]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
+
+import orjson
 
 from gateway.echo import echo
 
@@ -68,8 +71,13 @@ def uuid5_text(key: str) -> str:
     and the UUID constructor's checks; the bytes and the text are the same (the
     unit tests compare the two).
     """
+    return uuid5_bytes(key.encode())
+
+
+def uuid5_bytes(key: bytes) -> str:
+    """uuid5_text of a key already encoded as UTF-8."""
     sha1 = _NAMESPACE_SHA1.copy()
-    sha1.update(key.encode())
+    sha1.update(key)
     raw = bytearray(sha1.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
@@ -96,12 +104,32 @@ class FalcoEvent:
 
     @property
     def alert_id(self) -> str:
-        """A deterministic id of this alert, equal on both ingest paths.
+        """The id of this alert: its Nats-Msg-Id, its dedup key, its payload's uuid.
 
-        Built only from what gRPC and http_output always carry identically: the
-        time to the nanosecond, the priority and the rule. `output` can be switched
-        off in Falco's JSON (json_include_output_property), and `hostname` and
-        `source` are missing from older Falco JSON, so none of them take part.
+        Built from everything Falco's gRPC response and its http_output JSON carry
+        identically: the time, the priority, the rule, the source, the hostname and
+        `output` (Falco's text, which holds the rule's field values), so both copies
+        of one alert share it and two distinct alerts do not, even when a plugin's
+        coarse clock gives them the same time. The parts are encoded as one JSON
+        array: no rule or output text can make two keys equal.
+
+        Falco's JSON omits `output` when json_include_output_property is false.
+        Such an alert is then identified by its `output_fields` instead (a gRPC
+        copy, which always has `output`, gets another id, so both copies are
+        published: never two alerts merged). With neither, nothing tells two
+        alerts apart, and the id is random (a new one on each call): the alert is
+        never taken for a duplicate.
         """
-        key = f"{self.time_ns}\x1f{self.priority.canonical}\x1f{self.rule}"
-        return uuid5_text(key)
+        if self.output:
+            key = orjson.dumps(
+                (self.time_ns, self.priority, self.rule, self.source, self.hostname, self.output)
+            )
+        elif self.output_fields:
+            key = orjson.dumps(
+                (self.time_ns, self.priority, self.rule, self.source, self.hostname, None,
+                 self.output_fields),
+                option=orjson.OPT_SORT_KEYS,
+            )  # fmt: skip
+        else:
+            return str(uuid.UUID(bytes=os.urandom(16), version=4))
+        return uuid5_bytes(key)

@@ -1,19 +1,30 @@
 """Pure functions from Falco's two wire formats to one `FalcoEvent`.
 
 http_output sends JSON with typed `output_fields` (numbers stay numbers, null
-is null). The gRPC API sends every output field as a string: strings as they
-are, any other JSON value as its JSON text (`34816`, `true`, `null`). So that a
-consumer sees the same types whichever path an alert took, a gRPC value that
-is the JSON text of a non-string value (number, boolean, null, array, object)
-is presented as that value.
+is null), and adds the prefix field `evt.time` beside the rule's own fields.
+The gRPC API sends what the same Falco would write for the same alert (Falco
+0.43 outputs_grpc.cpp, formats.cpp):
 
-The one ambiguity that remains: a string-typed field whose text is itself such
-JSON text (a pod named `12345`, a value `true`) cannot be told apart on the
-gRPC path, and is presented as the number or boolean; over HTTP it stays a string.
+- with `json_output: true`, its `output` is the very JSON document http_output
+  posts: its `output` and typed `output_fields` are taken from there, so both
+  paths give the same alert exactly;
+- otherwise `output` is Falco's text line and `output_fields` holds the rule's
+  format fields only, each as text, `<NA>` for a field with no value. Each value
+  is given the type its field is defined with (gateway.field_types, generated
+  from Falco's field definitions), `<NA>` becomes null, and `evt.time` is
+  rebuilt from the response's time (every source but `internal`, whose
+  messages carry no prefix fields).
+
+A field the table does not know (a plugin's that is not in it, a transformer
+such as `toupper(proc.name)`) keeps the old guess: the JSON text of a number,
+boolean, null, array or object is presented as that value, anything else as a
+string. There a string whose text looks like a number (a pod named `12345`)
+is published as the number from gRPC and as the string from HTTP.
 """
 
 from __future__ import annotations
 
+import bisect
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +37,7 @@ from gateway.echo import echo
 from gateway.errors import AlertError
 from gateway.event import FalcoEvent, FieldValue, Priority
 from gateway.falco_pb import outputs_pb2, schema_pb2
+from gateway.field_types import FIELD_KINDS
 from gateway.timefmt import grpc_time_ns, parse_rfc3339_ns
 
 _NS_PER_S = 1_000_000_000
@@ -58,8 +70,9 @@ class Limits:
 
     Too many fields: the alert is rejected (no Falco rule has hundreds; a flood of
     them is a broken or hostile sender). A value too long (a long command line is
-    real) is cut to `max_field_bytes` and marked with `[truncated]`, as
-    falcosidekick does, so the alert still goes out.
+    real) is cut to `max_field_bytes` and marked with `[truncated]`, so the alert
+    still goes out. (falcosidekick cuts otherwise: strings over 512 bytes to 507 +
+    `[...]` when its payload exceeds 4,096 bytes.)
     """
 
     max_fields: int = 512
@@ -167,17 +180,118 @@ def from_grpc(response: outputs_pb2.response, limits: Limits = DEFAULT_LIMITS) -
         ) from None
     if len(response.tags) > limits.max_fields:
         raise AlertError(_too_many("tags", len(response.tags), limits), 413, "too_many_fields")
+    time_ns = response.time.seconds * _NS_PER_S + response.time.nanos
+    source = _name(response.source, "source") or _deprecated_source_name(response.source_deprecated)
+    output = response.output
+    output_fields: dict[str, FieldValue] | None = None
+    document = _falco_json(output, response.rule)
+    if document is not None:
+        # json_output: true. The document is http_output's body for this alert.
+        output = _optional_text(document, "output")
+        typed = document.get("output_fields")
+        if isinstance(typed, dict):
+            output_fields = _limited(typed, limits, None)
+    if output_fields is None:
+        output_fields = _grpc_fields(
+            response.output_fields, limits, time_ns, with_time=source != INTERNAL_SOURCE
+        )
     return FalcoEvent(
         time_ns=time_ns,
         priority=priority,
         rule=_name(response.rule, "rule"),
-        output=response.output,
-        source=_name(response.source, "source")
-        or _deprecated_source_name(response.source_deprecated),
+        output=output,
+        source=source,
         hostname=_name(response.hostname, "hostname"),
-        tags=tuple(response.tags),
-        output_fields=_limited(response.output_fields, limits, grpc_field_value),
+        tags=tuple(sorted(response.tags)),
+        output_fields=output_fields,
     )
+
+
+INTERNAL_SOURCE = "internal"
+# The prefix field Falco's JSON adds to every rule's fields (formats.cpp: "*%evt.time: ").
+_PREFIX_TIME = "evt.time"
+_NA = "<NA>"
+
+
+def _falco_json(output: str, rule: str) -> dict[str, Any] | None:
+    """The JSON document in a gRPC `output`, when Falco runs with json_output: true."""
+    if output[:1] != "{" or output[-1:] != "}":
+        return None
+    try:
+        document = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(document, dict) and document.get("rule") == rule:
+        return document
+    return None
+
+
+def _grpc_fields(
+    fields: Mapping[str, str], limits: Limits, time_ns: int, with_time: bool
+) -> dict[str, FieldValue]:
+    """The gRPC text values with their fields' types, sorted by key, within `limits`."""
+    if len(fields) > limits.max_fields:
+        raise AlertError(_too_many("output_fields", len(fields), limits), 413, "too_many_fields")
+    limit = limits.max_field_bytes
+    short = limit // 4
+    names = sorted(fields)
+    if with_time and _PREFIX_TIME not in fields:
+        bisect.insort(names, _PREFIX_TIME)
+    typed: dict[str, FieldValue] = {}
+    for key in names:
+        if len(key) > short and len(key.encode("utf-8", "surrogatepass")) > limit:
+            raise AlertError(
+                f"an output_fields name is longer than {limit} bytes (max_field_bytes)",
+                413,
+                "field_too_long",
+            )
+        convert = _CONVERTERS.get(key)
+        if convert is None and key.endswith("]"):
+            # An argument: proc.aname[2], container.label[app] have their field's type.
+            convert = _CONVERTERS.get(key.partition("[")[0])
+        if convert is _event_time:
+            value: FieldValue = time_ns
+        else:
+            text = fields[key]
+            value = None if text == _NA else (convert or grpc_field_value)(text)
+        if value.__class__ is not str or len(value) > short:
+            value = _truncated(value, limit)
+        typed[key] = value
+    return typed
+
+
+def _event_time(text: str) -> FieldValue:
+    raise AssertionError("the event time is taken from the response, not from text")
+
+
+def _as_int(text: str) -> FieldValue:
+    try:
+        return int(text)
+    except ValueError:
+        return grpc_field_value(text)
+
+
+def _as_bool(text: str) -> FieldValue:
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    return grpc_field_value(text)
+
+
+def _as_text(text: str) -> FieldValue:
+    return text
+
+
+def _list_of(item: Callable[[str], FieldValue]) -> Callable[[str], FieldValue]:
+    def convert(text: str) -> FieldValue:
+        # libsinsp writes a list field as `(a,b,c)`; as JSON an empty list is null.
+        if not (text.startswith("(") and text.endswith(")")):
+            return grpc_field_value(text)
+        inner = text[1:-1]
+        return [item(part) for part in inner.split(",")] if inner else None
+
+    return convert
 
 
 def _limited(
@@ -259,7 +373,9 @@ def _name(value: str, key: str) -> str:
 
 
 def grpc_field_value(text: str) -> FieldValue:
-    """A gRPC output field value as the JSON value it stands for (see module docstring)."""
+    """The guess for a field gateway.field_types does not know (see module docstring)."""
+    if text == _NA:
+        return None
     if text and text[0] in _JSON_VALUE_START and text[-1] in _JSON_VALUE_END:
         try:
             value = orjson.loads(text)
@@ -316,7 +432,8 @@ def _tags(value: object, limits: Limits) -> tuple[str, ...]:
         raise AlertError("field 'tags' must be a list of strings", kind="wrong_type")
     if len(value) > limits.max_fields:
         raise AlertError(_too_many("tags", len(value), limits), 413, "too_many_fields")
-    return tuple(value)
+    # Sorted as falcosidekick sorts them (Falco sends a sorted set; others may not).
+    return tuple(sorted(value))
 
 
 def _deprecated_source_name(number: int) -> str:
@@ -334,3 +451,17 @@ def _json_kind(value: object) -> str:
         int: "a number",
         float: "a number",
     }.get(type(value), "null")
+
+
+_KIND_CONVERTERS: dict[str, Callable[[str], FieldValue]] = {
+    "str": _as_text,
+    "int": _as_int,
+    "float": grpc_field_value,
+    "bool": _as_bool,
+    "ts": _event_time,
+}
+_KIND_CONVERTERS.update({f"list:{k}": _list_of(v) for k, v in list(_KIND_CONVERTERS.items())})
+# One look-up per field on the hot path: field name -> converter, built at import.
+_CONVERTERS: dict[str, Callable[[str], FieldValue]] = {
+    name: _KIND_CONVERTERS[kind] for name, kind in FIELD_KINDS.items()
+}

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from gateway.dedup import DedupWindow
 from gateway.errors import SpoolFull
 from gateway.event import FalcoEvent, Priority
-from gateway.logs import StateLog
-from gateway.payload import falcosidekick_json
+from gateway.logs import StateLog, log
+from gateway.payload import NO_STAMP, Stamp, falcosidekick_json
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
 from gateway.telemetry import Telemetry
@@ -29,6 +29,10 @@ Path = Literal["grpc", "http", "test"]
 # subject, payload and Nats-Msg-Id do not depend on the path.
 PATH_HEADER = "Falco-Gateway-Path"
 MSG_ID_HEADER = "Nats-Msg-Id"
+# falcosidekick's smoke-test rule: it passes every minimum priority and is
+# published with source `internal`, whoever sent it (handlers.go).
+TEST_RULE = "Test rule"
+TEST_SOURCE = "internal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class Pipeline:
         dedup: DedupWindow | None = None,
         on_spooled: Callable[[], None] = lambda: None,
         telemetry: Telemetry | None = None,
+        stamp: Stamp = NO_STAMP,
     ) -> None:
         self.subjects = subjects
         self.minimum_priority = minimum_priority
@@ -69,6 +74,8 @@ class Pipeline:
         self.on_spooled = on_spooled
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.intake = StateLog("intake", LOG)
+        self.stamp = stamp
+        self._told_no_output = False
         for alert_id in spool.alert_ids():
             self.dedup.remember(alert_id)
 
@@ -80,12 +87,17 @@ class Pipeline:
         """
         stats = self.telemetry
         stats.received(path, event.priority.canonical, event.rule)
-        if not event.priority.at_least(self.minimum_priority):
+        if event.rule == TEST_RULE:
+            if event.source != TEST_SOURCE:
+                event = replace(event, source=TEST_SOURCE)
+        elif not event.priority.at_least(self.minimum_priority):
             stats.add("filtered", path)
             return Filtered(
                 f"priority {event.priority.canonical} is below the minimum "
                 f"{self.minimum_priority.canonical}"
             )
+        if not event.output and not self._told_no_output:
+            self._no_output(path)
         alert_id = event.alert_id
         if self.dedup.is_duplicate(alert_id):
             stats.add("duplicate", path)
@@ -93,7 +105,9 @@ class Pipeline:
         subject = self.subjects.render(event)
         headers = {MSG_ID_HEADER: alert_id, PATH_HEADER: path}
         try:
-            self.spool.append(path, subject, headers, falcosidekick_json(event, alert_id))
+            self.spool.append(
+                path, subject, headers, falcosidekick_json(event, alert_id, self.stamp)
+            )
         except SpoolFull as exc:
             # Not accepted, so not seen: the sender's retry must not count as a duplicate.
             self.dedup.forget(alert_id)
@@ -104,6 +118,21 @@ class Pipeline:
         stats.add("accepted", path)
         self.on_spooled()
         return Accepted(subject, alert_id)
+
+    def _no_output(self, path: Path) -> None:
+        self._told_no_output = True
+        log(
+            logging.WARNING,
+            "alert without output",
+            LOG,
+            path=path,
+            consequence=(
+                "Falco's JSON omits `output` (json_include_output_property: false): such "
+                "alerts are identified by their output_fields, so the gRPC copy of the same "
+                "alert (which has output) is not recognised as a duplicate and both are "
+                "published; set json_include_output_property: true to deduplicate them"
+            ),
+        )
 
     def rejected(self, path: Path, kind: str) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""

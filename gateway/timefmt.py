@@ -101,9 +101,22 @@ def grpc_time_ns(seconds: int, nanos: int) -> int:
 
 
 def format_rfc3339_ns(ns: int) -> str:
-    """`2023-05-25T13:44:05.478445995Z`: UTC, always nine fraction digits."""
+    """`2023-05-25T13:44:05.478445995Z`: UTC, always nine fraction digits, as Falco writes it."""
     seconds, fraction = divmod(ns, _NS_PER_S)
     return _second_text(seconds) + f".{fraction:09d}Z"
+
+
+def format_rfc3339_nano(ns: int) -> str:
+    """The time as falcosidekick publishes it: Go's time.RFC3339Nano in UTC.
+
+    Trailing zeros of the fraction are trimmed and a whole second has no fraction
+    (`...13:44:05.32511996Z`, `...13:44:41Z`): the same instant as Falco's text,
+    but subscribers that compare or hash payloads see falcosidekick's bytes.
+    """
+    seconds, fraction = divmod(ns, _NS_PER_S)
+    if not fraction:
+        return _second_text(seconds) + "Z"
+    return _second_text(seconds) + "." + f"{fraction:09d}".rstrip("0") + "Z"
 
 
 @functools.lru_cache(maxsize=64)

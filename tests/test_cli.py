@@ -76,6 +76,26 @@ def test_unknown_environment_setting_is_named() -> None:
     assert "GATEWAY_LISTN: unknown setting" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "instead"),
+    [
+        ("TEMPLATEDFIELDS", "owner:{{.user}}", "custom_fields adds constant ones"),
+        ("NATS_MUTUALTLS", "true", "use nats_cert and nats_key"),
+        ("BRACKETREPLACER", "_", "published as Falco writes them"),
+    ],
+)
+def test_unimplemented_falcosidekick_setting_stops_start_up(
+    variable: str, value: str, instead: str
+) -> None:
+    env = subprocess_env() | {variable: value}
+    result = subprocess.run(
+        [*gateway_command()], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode == 2
+    assert f"{variable}: falcosidekick setting not supported" in result.stderr
+    assert instead in result.stderr
+
+
 def test_port_in_use_fails_cleanly(nats_server: NatsServer) -> None:
     import socket
 

@@ -49,7 +49,7 @@ async def test_seed_alert_over_grpc(
     assert doc["output_fields"]["proc.tty"] == 34816
     assert doc["output_fields"]["user.loginuid"] == -1
     assert doc["output_fields"]["user.name"] == "root"
-    assert doc["time"] == "2021-02-08T20:19:15.325119960Z"
+    assert doc["time"] == "2021-02-08T20:19:15.32511996Z"  # Go's RFC3339Nano, as falcosidekick
     assert doc["tags"] == list(SEED.tags)
 
 

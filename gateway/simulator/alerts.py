@@ -2,6 +2,12 @@
 
 The first entry is the seed demo's alert: `kubectl exec -ti nginx -- /bin/bash`
 firing `Terminal shell in container` at Notice.
+
+`render` gives each alert as Falco's JSON describes it (formats.cpp): typed
+`output_fields`, null for a field with no value, and the prefix field
+`evt.time` beside the rule's fields (every source but `internal`, whose
+messages Falco builds without a prefix: falco_outputs.cpp handle_msg).
+gateway.simulator.wire writes it in Falco's two wire forms.
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ _CONTAINER = {
     "container.image.repository": "docker.io/library/nginx",
     "k8s.ns.name": "default",
     "k8s.pod.name": "nginx",
+}
+# A container whose id and pod name are all digits: text fields that look like
+# numbers (a gRPC value is text, and only the field's type says it is a string).
+_DIGITS_CONTAINER = {
+    "container.id": "123456789012",
+    "container.image.repository": "registry.example/12345",
+    "k8s.ns.name": "default",
+    "k8s.pod.name": "12345",
 }
 
 CATALOG: tuple[AlertTemplate, ...] = (
@@ -118,7 +132,7 @@ CATALOG: tuple[AlertTemplate, ...] = (
             "container_id={container.id} k8s_pod_name={k8s.pod.name})"
         ),
         fields={
-            **_CONTAINER,
+            **_DIGITS_CONTAINER,
             "fd.name": "10.244.0.12:43210->10.96.0.1:443",
             "fd.rport": 443,
             "proc.cmdline": "curl -k https://kubernetes.default",
@@ -144,9 +158,16 @@ CATALOG: tuple[AlertTemplate, ...] = (
         priority=Priority.INFORMATIONAL,
         message=(
             "Privileged container started (user={user.name} container_id={container.id} "
-            "image={container.image.repository} privileged={container.privileged})"
+            "image={container.image.repository} privileged={container.privileged} "
+            "k8s_pod_name={k8s.pod.name})"
         ),
-        fields={**_CONTAINER, "container.privileged": True, "user.name": "root"},
+        # No k8s metadata yet (the container plugin has not resolved it): no value.
+        fields={
+            **_CONTAINER,
+            "container.privileged": True,
+            "k8s.pod.name": None,
+            "user.name": "root",
+        },
         tags=(
             "PCI_DSS_10.2.5",
             "T1611",
@@ -159,8 +180,11 @@ CATALOG: tuple[AlertTemplate, ...] = (
     AlertTemplate(
         rule="Falco internal: syscall event drop",
         priority=Priority.DEBUG,
-        message="Falco internal: syscall event drop. {n_drops} system calls dropped in last second",
-        fields={"n_drops": 1832, "n_evts": 214500, "ebpf_enabled": 1},
+        # event_drops.cpp: the message has no time prefix, every field is text.
+        message=(
+            "Falco internal: syscall event drop. {n_drops} system calls dropped in last second."
+        ),
+        fields={"n_drops": "1832", "n_evts": "214500", "ebpf_enabled": "1"},
         tags=(),
         source="internal",
     ),
@@ -186,14 +210,16 @@ CATALOG: tuple[AlertTemplate, ...] = (
 def render(template: AlertTemplate, time_ns: int, hostname: str) -> FalcoEvent:
     """The alert as Falco would emit it at `time_ns` on `hostname`."""
     fields = dict(template.fields)
-    if template.source == "syscall":
-        fields["evt.time"] = time_ns
     # Falco writes values into the output text as text: JSON spelling for
     # booleans and numbers, <NA> for a missing value.
     values = {k: _as_text(v) for k, v in fields.items()}
-    clock = time.strftime("%H:%M:%S", time.gmtime(time_ns // 1_000_000_000))
     text = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), "<NA>"), template.message)
-    output = f"{clock}.{time_ns % 1_000_000_000:09d}: {template.priority.canonical} {text}"
+    if template.source == "internal":
+        output = text
+    else:
+        fields["evt.time"] = time_ns
+        clock = time.strftime("%H:%M:%S", time.gmtime(time_ns // 1_000_000_000))
+        output = f"{clock}.{time_ns % 1_000_000_000:09d}: {template.priority.canonical} {text}"
     return FalcoEvent(
         time_ns=time_ns,
         priority=template.priority,
@@ -201,7 +227,7 @@ def render(template: AlertTemplate, time_ns: int, hostname: str) -> FalcoEvent:
         output=output,
         source=template.source,
         hostname=hostname,
-        tags=template.tags,
+        tags=tuple(sorted(template.tags)),  # Falco's tags are a std::set
         output_fields={k: fields[k] for k in sorted(fields)},
     )
 

@@ -106,7 +106,9 @@ async def simulate(args: argparse.Namespace) -> int:
             )
             for path in paths:
                 if path == "grpc" and server is not None:
-                    server.emit(to_grpc_response(event))
+                    # A Falco that posts JSON runs with json_output: true, and then
+                    # its gRPC output is the same JSON document; alone, Falco's default.
+                    server.emit(to_grpc_response(event, json_output=client is not None))
                     note = "queued"
                 elif client is not None:
                     try:

@@ -68,6 +68,26 @@ LARGE_BODY = 1024 * 1024
 LARGE_BODIES_AT_ONCE = 4
 # Content-Encodings a body may come in (Falco sends none): decoded within max_body_bytes.
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Named routes. As in falcosidekick, every other path is `/`: a POST there is an
+# alert, so that an http_output URL with a path (http://gateway:2801/falco) works.
+NAMED_PATHS = HEALTH_PATHS | {"/test"}
+
+
+def is_alert_path(path: str) -> bool:
+    return path == "/" or path not in NAMED_PATHS
+
+
+class AlertPaths:
+    """Logs, once per path (bounded), an alert POSTed to a path other than `/`."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def note(self, path: str) -> None:
+        if path != "/" and path not in self._seen and len(self._seen) < self._limit:
+            self._seen.add(path)
+            log(logging.INFO, "alerts posted to a path other than /", LOG, path=path[:256])
 
 
 @dataclass(frozen=True)
@@ -220,6 +240,7 @@ def create_app(
 ) -> HttpApp:
     """The HTTP source's ASGI app: `POST /` on a fast path, everything else in Quart."""
     intake = AlertIntake(pipeline, max_in_flight, limits, read_timeout)
+    app_paths = AlertPaths()
     app = Quart("falco-nats-gateway")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # A slow or stalled client may not hold a connection open for long: the whole
@@ -235,7 +256,7 @@ def create_app(
             return None
         if (
             auth is not None
-            and request.path in _AUTH_PATHS
+            and (request.path in _AUTH_PATHS or is_alert_path(request.path))
             and not auth.allows(request.headers.get("Authorization"))
         ):
             pipeline.rejected("http", "unauthorized")
@@ -248,7 +269,8 @@ def create_app(
         return None
 
     @app.post("/")
-    async def alert() -> Response:
+    @app.post("/<path:_any>")
+    async def alert(_any: str = "") -> Response:
         # Reached only when HttpApp delegates (or Quart is served on its own); the
         # route also keeps `GET /` a 405, as before.
         async def read() -> bytes:
@@ -256,6 +278,7 @@ def create_app(
             assert isinstance(body, bytes)
             return body
 
+        app_paths.note(request.path)
         answer = await intake.answer(
             read,
             request.headers.get("Content-Type", _JSON),
@@ -307,6 +330,7 @@ def create_app(
         max_body_bytes,
         auth=auth,
         health_port=health_port,
+        paths=app_paths,
     )
 
 
@@ -328,8 +352,10 @@ class HttpApp:
         *,
         auth: BasicAuth | None,
         health_port: int | None,
+        paths: AlertPaths | None = None,
     ) -> None:
         self.quart = quart
+        self.paths = paths if paths is not None else AlertPaths()
         self.intake = intake
         self.max_body_bytes = max_body_bytes
         self.auth = auth
@@ -351,11 +377,12 @@ class HttpApp:
                 await answer.send(send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/":
+        if scope["type"] == "http" and scope["method"] == "POST" and is_alert_path(scope["path"]):
             server = scope.get("server") or ("", None)
             if self.health_port is None or server[1] != self.health_port:
                 headers = _headers(scope)
                 if self.auth is None or self.auth.allows(headers.get(b"authorization")):
+                    self.paths.note(scope["path"])
                     await self._alert(headers, receive, send)
                     return
         await self.quart(scope, receive, send)

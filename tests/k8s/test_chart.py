@@ -220,6 +220,22 @@ def test_gateway_accepts_the_environment_the_chart_writes() -> None:
     assert settings.falco_grpc == ""
 
 
+def test_custom_fields_and_tags_reach_the_gateway_as_map_list_or_text() -> None:
+    config = {"custom_fields": {"zone": "eu-1", "cluster": "prod"}, "custom_tags": ["k8s", "prod"]}
+    rendered = render({"config": config})
+    env = rendered.env_values()
+    assert env["GATEWAY_CUSTOM_FIELDS"] == "cluster:prod,zone:eu-1"
+    assert env["GATEWAY_CUSTOM_TAGS"] == "k8s,prod"
+    settings = load_gateway_settings(rendered)
+    assert settings.custom_field_map == {"cluster": "prod", "zone": "eu-1"}
+    assert settings.custom_tag_list == ("k8s", "prod")
+    text = {"custom_fields": "cluster:prod", "custom_tags": "k8s"}
+    settings = load_gateway_settings(render({"config": text}))
+    assert (settings.custom_field_map, settings.custom_tag_list) == ({"cluster": "prod"}, ("k8s",))
+    with pytest.raises(helm.HelmError, match="custom_tags"):
+        render({"config": {"custom_tags": {"not": "a list"}}})
+
+
 def test_gateway_refuses_what_the_chart_passes_through_unchecked() -> None:
     # The chart is deliberately open (new settings need no template change); the gateway is the
     # one that names a wrong key, at start-up.

@@ -323,7 +323,7 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
             prometheus = Prometheus(tmp_path, gw.settings.listen_port)
             prometheus.start()
             start = time.time()
-            await until(lambda: gw.gateway.sink.stream_ready, "the stream checked", 20)
+            await until(lambda: gw.gateway.sink.ready, "the stream checked", 20)
             # Counters must be seen at 0 before they move, or increase() has nothing to compare.
             await prometheus.scraped()
             async with falco_traffic(falco, gw):

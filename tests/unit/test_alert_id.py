@@ -26,8 +26,18 @@ def test_uuid5_text_equals_uuid_uuid5() -> None:
         assert uuid5_text(key) == str(uuid.uuid5(ALERT_ID_NAMESPACE, key)), repr(key)
 
 
-def test_alert_id_is_the_uuid5_of_time_priority_and_rule() -> None:
-    event = FalcoEvent(1_714_557_600_123_456_789, Priority.ERROR, "Terminal shell in container")
-    key = "1714557600123456789\x1fError\x1fTerminal shell in container"
+def test_alert_id_is_the_uuid5_of_the_parts_both_paths_carry() -> None:
+    event = FalcoEvent(
+        1_714_557_600_123_456_789,
+        Priority.ERROR,
+        "Terminal shell in container",
+        output="shell (user=root)",
+        source="syscall",
+        hostname="node-1",
+    )
+    key = (
+        '[1714557600123456789,3,"Terminal shell in container","syscall","node-1",'
+        '"shell (user=root)"]'
+    )
     assert event.alert_id == str(uuid.uuid5(ALERT_ID_NAMESPACE, key))
     assert uuid.UUID(event.alert_id).version == 5

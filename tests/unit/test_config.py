@@ -194,3 +194,69 @@ def test_jetstream_settings_from_yaml(tmp_path: Path) -> None:
     assert settings.stream_replicas == 3
     assert settings.stream_subject_list == ("falco.>", "audit.>")
     assert settings.spool_dir == "/var/spool/fng"
+
+
+def test_custom_fields_and_tags_from_falcosidekick_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLUSTER_NAME", "prod-eu")
+    env = {"CUSTOMFIELDS": "cluster:%CLUSTER_NAME,team:sec,url:http://x:1", "CUSTOMTAGS": "b, a"}
+    settings = load(environ=env)
+    assert settings.custom_field_map == {
+        "cluster": "prod-eu",
+        "team": "sec",
+        "url": "http://x:1",  # falcosidekick skips an entry with a second ':'
+    }
+    assert settings.custom_tag_list == ("b", "a")
+
+
+def test_custom_fields_and_tags_from_falcosidekick_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "falcosidekick.yaml"
+    config.write_text("customfields:\n  cluster: prod\n  zone: eu-1\ncustomtags: [k8s, prod]\n")
+    settings = load(config_file=str(config), environ={})
+    assert settings.custom_field_map == {"cluster": "prod", "zone": "eu-1"}
+    assert settings.custom_tag_list == ("k8s", "prod")
+
+
+def test_custom_settings_under_gateway_names() -> None:
+    settings = load({"custom_fields": "a:1", "custom_tags": "x"}, environ={})
+    assert (settings.custom_field_map, settings.custom_tag_list) == ({"a": "1"}, ("x",))
+    settings = load(environ={"GATEWAY_CUSTOM_FIELDS": "b:2"})
+    assert settings.custom_field_map == {"b": "2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("cluster", "'cluster' is not key:value"),
+        (":prod", "is not key:value"),
+        ("cluster:%NO_SUCH_VARIABLE_FOR_TEST", "'NO_SUCH_VARIABLE_FOR_TEST' is unset or empty"),
+    ],
+)
+def test_bad_custom_fields_name_the_entry(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match="custom_fields") as info:
+        load(environ={"CUSTOMFIELDS": text})
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "instead"),
+    [
+        ("templatedfields:\n  a: '{{.b}}'\n", "templatedfields.a", "custom_fields adds"),
+        ("outputfieldformat: '<timestamp>'\n", "outputfieldformat", "reformat it"),
+        ("nats:\n  hostport: nats://n:4222\n  mutualtls: true\n", "nats.mutualtls", "nats_cert"),
+        ("nats:\n  checkcert: false\n", "nats.checkcert", "nats_ca"),
+        ("tlsserver:\n  deploy: true\n", "tlsserver.deploy", "tls_cert"),
+        ("stan:\n  hostport: nats://n:4222\n", "stan.hostport", "jetstream"),
+    ],
+)
+def test_unimplemented_falcosidekick_yaml_settings_stop_start_up(
+    tmp_path: Path, yaml_text: str, key: str, instead: str
+) -> None:
+    config = tmp_path / "falcosidekick.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load(config_file=str(config), environ={})
+    assert str(info.value).startswith(key)
+    assert "falcosidekick setting not supported" in str(info.value)
+    assert instead in str(info.value)

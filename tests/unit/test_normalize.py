@@ -165,7 +165,7 @@ def test_json_sent_as_text_plain_is_still_read() -> None:
         ('["a","b"]', ["a", "b"]),
         ("root", "root"),
         ("", ""),
-        ("<NA>", "<NA>"),
+        ("<NA>", None),
         ("1 ", "1 "),
         (" 1", " 1"),
         ("-", "-"),
@@ -222,7 +222,10 @@ def test_grpc_without_time_or_rule_is_rejected() -> None:
 def test_both_wire_formats_give_the_same_event(template: object) -> None:
     event = render(template, 1_700_000_000_123_456_789, "node-1")  # type: ignore[arg-type]
     assert from_http_body(to_falco_json(event)) == event
-    assert from_grpc(to_grpc_response(event)) == event
+    assert from_grpc(to_grpc_response(event, json_output=True)) == event
+    if event.source != "internal":
+        # Falco's text line for an internal alert is not its JSON `output`.
+        assert from_grpc(to_grpc_response(event, json_output=False)) == event
 
 
 def test_event_is_frozen() -> None:
@@ -230,3 +233,66 @@ def test_event_is_frozen() -> None:
     with pytest.raises(AttributeError):
         event.rule = "other"  # type: ignore[misc]
     assert isinstance(event, FalcoEvent)
+
+
+def _grpc(fields: dict[str, str], source: str = "syscall", output: str = "text") -> FalcoEvent:
+    response = outputs_pb2.response(rule="R", output=output, source=source, hostname="h")
+    response.time.seconds, response.time.nanos = 1_700_000_000, 5
+    for key, value in fields.items():
+        response.output_fields[key] = value
+    return from_grpc(response)
+
+
+def test_grpc_text_takes_the_field_types_of_falcos_definitions() -> None:
+    fields = _grpc(
+        {
+            "container.id": "123456789012",  # string in the container plugin
+            "k8s.pod.name": "12345",
+            "proc.tty": "34816",  # PT_UINT32, PF_DEC
+            "user.loginuid": "-1",  # PT_INT64
+            "proc.is_exe_upper_layer": "true",  # PT_BOOL
+            "proc.aname[2]": "1234",  # an argument: the field's type
+            "fd.types": "(ipv4,file)",  # a list field
+            "evt.time.s": "22:13:20",  # the event time, whatever its text
+            "my.plugin.count": "7",  # unknown: the guess
+            "k8s.ns.name": "<NA>",
+        }
+    ).output_fields
+    assert fields == {
+        "container.id": "123456789012",
+        "evt.time": 1_700_000_000_000_000_005,
+        "evt.time.s": 1_700_000_000_000_000_005,
+        "fd.types": ["ipv4", "file"],
+        "k8s.ns.name": None,
+        "k8s.pod.name": "12345",
+        "my.plugin.count": 7,
+        "proc.aname[2]": "1234",
+        "proc.is_exe_upper_layer": True,
+        "proc.tty": 34816,
+        "user.loginuid": -1,
+    }
+    assert list(fields) == sorted(fields)
+
+
+def test_grpc_internal_alerts_get_no_evt_time() -> None:
+    assert _grpc({"n_drops": "12"}, source="internal").output_fields == {"n_drops": "12"}
+
+
+def test_grpc_output_holding_falcos_json_document_is_read_from_there() -> None:
+    document = orjson.dumps(
+        {"rule": "R", "output_fields": {"proc.tty": 0, "x": "1"}, "time": "t", "priority": "x"}
+    ).decode()
+    event = _grpc({"proc.tty": "0", "x": "1"}, output=document)
+    # json_include_output_property: false: no output, as http_output's body.
+    assert event.output == ""
+    assert event.output_fields == {"proc.tty": 0, "x": "1"}
+    # A JSON-looking text line of another rule is just text.
+    other = _grpc({}, output='{"rule": "other"}')
+    assert other.output == '{"rule": "other"}'
+
+
+def test_tags_are_sorted_on_both_paths() -> None:
+    assert from_http_body(minimal(tags=["b", "a", "C"])).tags == ("C", "a", "b")
+    response = outputs_pb2.response(rule="R", tags=["z", "a"])
+    response.time.seconds = 1
+    assert from_grpc(response).tags == ("a", "z")

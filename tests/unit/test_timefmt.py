@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.timefmt import MAX_NS, format_rfc3339_ns, grpc_time_ns, parse_rfc3339_ns
+from gateway.timefmt import (
+    MAX_NS,
+    format_rfc3339_nano,
+    format_rfc3339_ns,
+    grpc_time_ns,
+    parse_rfc3339_ns,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +94,19 @@ def test_grpc_times_in_range() -> None:
     assert grpc_time_ns(0, 0) == 0
     assert grpc_time_ns(1_700_000_000, 999_999_999) == 1_700_000_000_999_999_999
     assert grpc_time_ns(MAX_NS // 1_000_000_000, 999_999_999) == MAX_NS
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (1_612_815_555_325_119_960, "2021-02-08T20:19:15.32511996Z"),
+        (1_612_815_581_000_000_000, "2021-02-08T20:19:41Z"),
+        (1_612_815_581_100_000_000, "2021-02-08T20:19:41.1Z"),
+        (1_612_815_581_000_000_001, "2021-02-08T20:19:41.000000001Z"),
+        (0, "1970-01-01T00:00:00Z"),
+    ],
+)
+def test_payload_time_is_gos_rfc3339nano(ns: int, text: str) -> None:
+    # Go's time.RFC3339Nano, as falcosidekick's json.Marshal of time.Time writes it.
+    assert format_rfc3339_nano(ns) == text
+    assert parse_rfc3339_ns(text) == ns

@@ -109,13 +109,19 @@ HTTP port with its scheme. Returns a dict: name, port, scheme.
 {{/*
 One config value as the gateway reads it from the environment. Helm hands every YAML number to
 templates as a float64, which prints 134217728 as 1.34217728e+08: whole numbers are written as
-integers. Lists become comma-separated.
+integers. Lists become comma-separated, and custom_fields' map becomes key:value,key:value.
 */}}
 {{- define "falco-nats-gateway.envValue" -}}
 {{- $key := index . 0 }}
 {{- $value := index . 1 }}
 {{- if kindIs "slice" $value }}
 {{- join "," $value }}
+{{- else if and (kindIs "map" $value) (eq $key "custom_fields") }}
+{{- $pairs := list }}
+{{- range $name, $field := $value }}
+{{- $pairs = append $pairs (printf "%s:%v" $name $field) }}
+{{- end }}
+{{- join "," $pairs }}
 {{- else if kindIs "map" $value }}
 {{- fail (printf "config.%s: expected a value or a list, got a map" $key) }}
 {{- else if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
