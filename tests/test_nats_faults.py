@@ -4,6 +4,9 @@ while the gateway runs. Nothing accepted is lost, and nothing wedges."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -147,3 +150,40 @@ async def test_full_stream_degrades_delivery_visibly_and_loses_nothing(
             assert (await http.get("/healthz")).status == 200
     finally:
         await nc.close()
+
+
+async def test_nats_paused_and_resumed_delivers_everything_and_leaves_no_orphans(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NATS stops answering (SIGSTOP) for longer than publish_timeout, then comes back
+    (SIGCONT): its late PONGs must not break the client (nats-py's read loop dies on a
+    PONG for a flush() that timed out), no task is left with an exception nobody
+    read, and every alert arrives."""
+    events = alerts(6)
+    nc, queue = await subscribe(nats_server.url)
+    proc = nats_server.proc
+    assert proc is not None
+    try:
+        async with running_gateway(nats_server.url, publish_timeout=1.0) as gw:
+            async with gw.client() as http:
+                for event in events[:3]:
+                    assert (await http.post(to_falco_json(event))).status == 200
+                await take(queue, 3)
+                proc.send_signal(signal.SIGSTOP)
+                try:
+                    for event in events[3:]:
+                        assert (await http.post(to_falco_json(event))).status == 200
+                    publisher = gw.gateway.publisher
+                    await until(lambda: publisher.problem != "", "delivery degraded", 10)
+                    await asyncio.sleep(1.5)  # more PINGs go unanswered
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+                telemetry = gw.gateway.telemetry
+                await until(lambda: telemetry.get("published") == 6, "the rest confirmed", 30)
+            got = await take(queue, 3, timeout=30)
+            gc.collect()  # a task nobody read is reported when it is collected
+    finally:
+        await nc.close()
+    assert {m.headers and m.headers[MSG_ID_HEADER] for m in got} >= {e.alert_id for e in events[3:]}
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "never retrieved" in m or "encountered error" in m]
