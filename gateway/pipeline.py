@@ -15,7 +15,7 @@ from typing import Literal
 from gateway.dedup import DedupWindow
 from gateway.errors import SpoolFull
 from gateway.event import FalcoEvent, Priority
-from gateway.logs import StateLog, log
+from gateway.logs import OncePer, StateLog, log
 from gateway.payload import NO_STAMP, Stamp, falcosidekick_json
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
@@ -76,6 +76,7 @@ class Pipeline:
         self.intake = StateLog("intake", LOG)
         self.stamp = stamp
         self._told_no_output = False
+        self._repairs = OncePer()  # paths whose repaired alerts were logged
         for alert_id in spool.alert_ids():
             self.dedup.remember(alert_id)
 
@@ -137,3 +138,16 @@ class Pipeline:
     def rejected(self, path: Path, kind: str) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""
         self.telemetry.rejected(path, kind)
+
+    def repaired(self, path: Path, event: FalcoEvent) -> None:
+        """Count an alert whose bytes that were not UTF-8 a source replaced by U+FFFD
+        (as Falco's own JSON output does); say so once per path."""
+        self.telemetry.repaired(path, "not_utf8")
+        if self._repairs.first(path):
+            log(
+                logging.WARNING,
+                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
+                LOG,
+                path=path,
+                rule=event.rule[:256],
+            )

@@ -45,7 +45,8 @@ async def test_each_bad_message_is_handled_alone_and_the_stream_goes_on(
 ) -> None:
     falco = await start_falco(socket_path)
     good = list(stream("node-1", 9))
-    base = [to_grpc_response(e) for e in stream("node-2", 8)]
+    # The text form (json_output: false), where the values travel in output_fields.
+    base = [to_grpc_response(e, json_output=False) for e in stream("node-2", 8)]
 
     bad_rule = outputs_pb2.response()
     bad_rule.CopyFrom(base[0])

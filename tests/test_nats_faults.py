@@ -187,3 +187,26 @@ async def test_nats_paused_and_resumed_delivers_everything_and_leaves_no_orphans
     assert {m.headers and m.headers[MSG_ID_HEADER] for m in got} >= {e.alert_id for e in events[3:]}
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "never retrieved" in m or "encountered error" in m]
+
+
+async def test_a_rule_name_too_long_for_a_subject_does_not_cost_the_connection(
+    nats_server: NatsServer,
+) -> None:
+    """The subject comes from the alert (a template may use the rule, source and
+    hostname several times); past the server's max_control_line (4 KiB) the server
+    would drop the connection, again on every retry. The subject is cut, the alert
+    goes out."""
+    event = replace(alerts(1)[0], rule="Very long rule " + "x" * 1000)
+    template = "falco.<priority>." + ".".join(["<rule>"] * 5)
+    nc, queue = await subscribe(nats_server.url)
+    try:
+        async with running_gateway(nats_server.url, subject_template=template) as gw:
+            async with gw.client() as http:
+                assert (await http.post(to_falco_json(event))).status == 200
+            (msg,) = await take(queue, 1)
+            assert gw.gateway.link.reconnects == 0
+    finally:
+        await nc.close()
+    assert msg.subject.startswith("falco.notice.very_long_rule_xxx")
+    assert len(msg.subject) <= 1024
+    assert orjson.loads(msg.data)["rule"] == event.rule, "the payload keeps the whole rule"

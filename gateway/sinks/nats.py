@@ -169,9 +169,9 @@ class Confirmation(Protocol):
     async def start(self) -> None:
         """Get ready on a new sink (JetStream: listen for acks)."""
 
-    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
-        """Publish one alert, its payload fitted to the limits; LinkDown if the
-        connection is gone."""
+    async def publish(self, alert: SpooledAlert, subject: str, payload: bytes) -> None:
+        """Publish one alert, its subject and payload fitted to the limits; LinkDown
+        if the connection is gone."""
 
     def place(self, published: Group) -> Group | None:
         """Track what was just published: a new group for the window, or None when
@@ -259,7 +259,7 @@ class NatsSink:
                 except Refused as exc:
                     published.refused.append((alert, str(exc)))
                     continue
-                await self.strategy.publish(alert, payload)
+                await self.strategy.publish(alert, _short_subject(alert.subject), payload)
                 published.alerts.append(alert)
         handled = len(published.alerts) + len(published.refused)
         return (self.strategy.place(published) if handled else None), handled
@@ -305,6 +305,19 @@ def _fitted(alert: SpooledAlert, limit: int) -> bytes:
     return fitted
 
 
+def _short_subject(subject: str) -> str:
+    """`subject`, cut to MAX_SUBJECT_BYTES: the server drops the connection of a
+    client whose protocol line exceeds its max_control_line (4 KiB by default),
+    and a rule name, hence a subject, can be as long as a sender makes it."""
+    if len(subject) <= MAX_SUBJECT_BYTES:  # subjects are ASCII (gateway.subject)
+        return subject
+    return subject.encode()[:MAX_SUBJECT_BYTES].decode(errors="ignore").rstrip(".")
+
+
+# Far beyond any real rule's subject, and well inside max_control_line with the
+# reply subject and sizes that share the line.
+MAX_SUBJECT_BYTES = 1024
+
 # Room for the header JetStream publishes add (Nats-Expected-Stream with a stream
 # name of up to 255 characters, as JetStream allows).
 _EXTRA_HEADERS = len(EXPECTED_STREAM) + 2 + 255 + 2
@@ -325,8 +338,8 @@ class CoreConfirmation:
     async def start(self) -> None:
         return None
 
-    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
-        await self.link.publish(alert.subject, payload, alert.headers)
+    async def publish(self, alert: SpooledAlert, subject: str, payload: bytes) -> None:
+        await self.link.publish(subject, payload, alert.headers)
 
     def place(self, published: Group) -> Group | None:
         # One Falco's pace publishes an alert or two per turn; everything until the
@@ -400,7 +413,7 @@ class JetStreamConfirmation:
         self.prefix = self.link.new_inbox() + "."
         await self.link.listen_replies(self.prefix, self._answered)
 
-    async def publish(self, alert: SpooledAlert, payload: bytes) -> None:
+    async def publish(self, alert: SpooledAlert, subject: str, payload: bytes) -> None:
         if len(self._waiting) >= self.SWEEP_AT:
             self._waiting = {t: f for t, f in self._waiting.items() if not f.done()}
         self._next += 1
@@ -411,7 +424,7 @@ class JetStreamConfirmation:
         # JetStream stores it only in the expected stream, and says so on the reply.
         headers = {**alert.headers, EXPECTED_STREAM: self.stream}
         try:
-            await self.link.publish(alert.subject, payload, headers, self.prefix + token)
+            await self.link.publish(subject, payload, headers, self.prefix + token)
         except BaseException:
             del self._waiting[token]
             raise

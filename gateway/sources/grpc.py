@@ -107,7 +107,6 @@ class FalcoGrpcSource:
         self.messages = 0
         self.last_delay = 0.0
         self._rejections = OncePer()
-        self._repairs = OncePer()
         self._unexpected = UnexpectedErrors(pipeline.telemetry, "grpc", LOG)
         # Cleared while the spool is full: no requests, so Falco keeps its queue.
         self._requesting = asyncio.Event()
@@ -231,23 +230,12 @@ class FalcoGrpcSource:
             self._unexpected.record(exc, "reading a gRPC alert")
             return None
         if repaired:
-            self._repaired(event)
+            self.pipeline.repaired("grpc", event)
         try:
             self.pipeline.accept(event, "grpc")
         except SpoolFull:
             return event
         return None
-
-    def _repaired(self, event: FalcoEvent) -> None:
-        self.pipeline.telemetry.repaired("grpc", "not_utf8")
-        if self._repairs.first("not_utf8"):
-            log(
-                logging.WARNING,
-                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
-                LOG,
-                path="grpc",
-                rule=event.rule[:256],
-            )
 
     async def _hold_until_spooled(self, event: FalcoEvent) -> None:
         # Falco already handed this alert over, so keep it and retry; stop asking

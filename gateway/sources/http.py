@@ -136,7 +136,6 @@ class AlertIntake:
         self.read_timeout = read_timeout
         self.in_flight = 0
         self.rejections = OncePer()
-        self._repairs = OncePer()
         self.unexpected = UnexpectedErrors(pipeline.telemetry, "http", LOG)
 
     async def answer(
@@ -185,15 +184,7 @@ class AlertIntake:
             event = from_http_body(replace_bad_utf8(body), content_type, self.limits)
         except AlertError as exc:
             raise not_utf8 if exc.kind == "malformed_json" else exc from None
-        self.pipeline.telemetry.repaired("http", "not_utf8")
-        if self._repairs.first("not_utf8"):
-            log(
-                logging.WARNING,
-                "alert text is not UTF-8: bad bytes replaced by U+FFFD",
-                LOG,
-                path="http",
-                rule=event.rule[:256],
-            )
+        self.pipeline.repaired("http", event)
         return event
 
     def http_error(self, exc: HTTPException, method: str, path: str, max_body_bytes: int) -> Answer:

@@ -47,7 +47,7 @@ def test_http_value_as_deep_as_can_be_published_goes_out() -> None:
 
 
 def test_grpc_text_too_deep_for_a_value_stays_the_text() -> None:
-    response = to_grpc_response(ALERT)
+    response = to_grpc_response(ALERT, json_output=False)  # values in output_fields
     response.output_fields["proc.cmdline"] = nested(MAX_VALUE_DEPTH + 1)
     response.output_fields["ok"] = nested(3)
     event = from_grpc(response)

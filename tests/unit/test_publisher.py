@@ -18,7 +18,13 @@ import pytest
 
 from gateway.errors import LinkDown, StreamError
 from gateway.publisher import Publisher
-from gateway.sinks.nats import CONFIRM_INTERVAL, STREAM_GONE, JetStreamConfirmation, NatsSink
+from gateway.sinks.nats import (
+    CONFIRM_INTERVAL,
+    MAX_SUBJECT_BYTES,
+    STREAM_GONE,
+    JetStreamConfirmation,
+    NatsSink,
+)
 from gateway.sinks.stream import StreamSettings, stream_config
 from gateway.spool import Spool
 from tests.unit.fake_nats import ClockLoop, FakeJetStream, FakeLink, build
@@ -434,6 +440,21 @@ async def test_alert_that_cannot_fit_is_undeliverable_and_the_rest_flows() -> No
     assert publisher.telemetry.get("undeliverable") == 1
     assert publisher.telemetry.get("published") == 2
     assert spool.count == 0
+    await running.finish()
+
+
+@clocked
+async def test_a_subject_past_the_protocol_line_limit_is_cut() -> None:
+    link, _, publisher, spool = build()
+    running = Running(publisher)
+    subject = "falco.notice." + ".".join(["r" * 99] * 50)
+    spool.append("http", subject, {"Nats-Msg-Id": "a"}, orjson.dumps({"rule": "r"}))
+    publisher.notify()
+    await turns()
+    (message,) = link.published
+    assert len(message.subject) <= MAX_SUBJECT_BYTES
+    assert subject.startswith(message.subject)
+    assert not message.subject.endswith(".")
     await running.finish()
 
 
