@@ -25,7 +25,7 @@ from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
-from gateway.telemetry import Telemetry, counter, gauge
+from gateway.telemetry import Telemetry, counter, gauge, labelled_counter
 
 LOG = logging.getLogger("gateway")
 
@@ -109,6 +109,23 @@ class Gateway:
         yield gauge("falco_nats_gateway_spool_alerts", "Alerts waiting for NATS", self.spool.count)
         yield gauge("falco_nats_gateway_spool_bytes", "Bytes waiting for NATS", self.spool.bytes)
         yield gauge("falco_nats_gateway_spool_limit_bytes", "spool_max_bytes", self.spool.max_bytes)
+        if self.spool.durable:
+            yield gauge(
+                "falco_nats_gateway_spool_writable",
+                "0 while the spool's disk refuses writes (alerts are refused meanwhile)",
+                not self.spool.disk_error,
+            )
+            yield labelled_counter(
+                "falco_nats_gateway_spool_disk_errors",
+                "Writes the spool's disk refused (full, I/O error), by operation",
+                "operation",
+                self.spool.errors.items(),
+            )
+            yield counter(
+                "falco_nats_gateway_spool_damaged",
+                "Damaged spool files and unreadable rows found at start-up and moved aside",
+                self.spool.damaged_items,
+            )
         yield gauge(
             "falco_nats_gateway_dedup_entries", "Alert ids remembered for dedup", len(self.dedup)
         )

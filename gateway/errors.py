@@ -3,7 +3,10 @@
 GatewayError
 ├── ConfigError       a setting is wrong; the message names the key and the value
 ├── AlertError        an alert cannot be read; carries the HTTP status to answer with
-└── SinkUnavailable   NATS cannot take an alert right now (not connected, buffer full)
+├── SinkUnavailable   NATS cannot take an alert right now (not connected, buffer full)
+├── SpoolFull         the spool cannot take an alert now: refused (HTTP 503, gRPC held back)
+│   └── SpoolDiskError    its disk refused the write (full, I/O error)
+└── StreamError       the JetStream stream is missing or cannot be used
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ class AlertError(GatewayError):
 
 class SpoolFull(GatewayError):
     """The spool holds `spool_max_bytes` already; the message says how much."""
+
+
+class SpoolDiskError(SpoolFull):
+    """The spool's disk refused to store an alert (disk full, I/O error).
+
+    A SpoolFull, so every source refuses it as it refuses a full spool (HTTP 503
+    with this message, gRPC holds Falco's stream back) and the pipeline forgets
+    the alert's id: the sender's retry is a new alert, not a duplicate.
+    """
 
 
 class StreamError(GatewayError):

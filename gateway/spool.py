@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from gateway.errors import ConfigError, SpoolFull
+from gateway import spool_repair
+from gateway.errors import ConfigError, SpoolDiskError, SpoolFull
 from gateway.logs import log
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ CACHE_BYTES = 16 * 1024 * 1024
 # when the spool is in memory, so that spool_max_bytes bounds the memory it takes.
 MEMORY_OVERHEAD = 500
 
+# While the disk refuses writes, how often `has_room` tries one (readiness).
+PROBE_INTERVAL = 1.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,6 +70,20 @@ CREATE TABLE IF NOT EXISTS spool (
     size INTEGER NOT NULL
 )
 """
+# Rows that could not be read back, moved out of the spool: kept for inspection.
+_DAMAGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS damaged (
+    seq INTEGER, accepted_ns, path, subject, headers, payload, size, moved_ns INTEGER
+)
+"""
+_PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS probe (b BLOB)"
+# SQLite's primary result codes for a damaged file.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+class _NeverRaised(Exception):
+    """Stands for sqlite3.Error while there is no database (SQLite is imported lazily)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +113,25 @@ class Spool:
         self.max_bytes = max_bytes
         self.location = ":memory:"
         self.count = 0
+        self.recovered = 0  # alerts found in the database at start-up
         self.bytes = 0
         self._lock: int | None = None
         self._db: sqlite3.Connection | None = None
         self._overhead = 0 if directory else MEMORY_OVERHEAD
         self._last_seq = 0
+        self._db_error: type[Exception] = _NeverRaised
+        # The disk refused a write: why (empty while it does not), and when to try again.
+        self.disk_error = ""
+        self._probe_at = 0.0
+        # Delivered alerts whose delete the disk refused: deleted with the next one that
+        # gets through, never read again meanwhile.
+        self._undeleted: set[int] = set()
+        # Disk errors by operation (append, delete), for metrics.
+        self.errors: dict[str, int] = {"append": 0, "delete": 0}
+        # Damage found at start-up: what (messages) and how many items (files, rows)
+        # were moved aside for it.
+        self.damage: list[str] = []
+        self.damaged_items = 0
         # Without a database the list is the spool itself (never let go of: the
         # max_bytes check bounds it); with one it is a read cache of what came lately.
         self._cache = _Recent(cache_bytes if directory else None)
@@ -117,24 +149,44 @@ class Spool:
         except OSError as exc:
             raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
         self._lock = _lock(folder)
-        self.location = str(folder / "spool.db")
+        path = folder / "spool.db"
+        self.location = str(path)
         # Imported here: without spool_dir there is no database, and SQLite is ~1 MB of
         # resident memory for the life of the process.
         import sqlite3
 
+        self._db_error = sqlite3.Error
         try:
-            # isolation_level=None: autocommit; each statement is its own transaction.
-            db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            db.execute(_SCHEMA)
-            count, size, last = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool"
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+            damage = spool_repair.damage_before_open(path)
+        except (OSError, ValueError) as exc:  # struct.error is a ValueError
+            damage = spool_repair.Damage([f"cannot inspect {path.name}: {exc}"])
+        problems = damage.problems
+        # Damage SQLite would pass over (the WAL): a copy kept, the database used.
+        kept = _keep_aside(path, move=False) if problems else None
+        db = None
+        try:
+            db = self._connect(sync)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+            problems.append(f"{path.name} cannot be read: {exc}")
+        if db is None:
+            # Moved, not copied: the damaged files stay as they were found, and a
+            # rename needs no room on a full disk.
+            kept = _keep_aside(path, move=True)
+            if not isinstance(kept, Path):
+                raise ConfigError("spool_dir", f"{self.location} is damaged and {kept}")
+            db = self._rebuild(kept / path.name, sync, problems)
         self._db = db
-        self.count = int(count)
+        self.damage = list(problems)
+        self.damaged_items = 1 if problems else 0
+        for problem in problems:
+            log(logging.ERROR, "spool damaged", LOG, problem=problem, kept=str(kept))
+        self._move_aside_unreadable_rows()
+        count, size, last = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool"
+        ).fetchone()
+        self.count = self.recovered = int(count)
         self.bytes = int(size)
         self._last_seq = int(last)
         if self.count:
@@ -149,6 +201,93 @@ class Spool:
                 bytes=self.bytes,
                 location=self.location,
             )
+
+    def _connect(self, sync: str) -> sqlite3.Connection:
+        """Open and check the database; sqlite3.DatabaseError when it is damaged."""
+        import sqlite3
+
+        # isolation_level=None: autocommit; each statement is its own transaction.
+        db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            db.execute(_SCHEMA)
+            # Pages cut off or overwritten show only when read: look at them all once.
+            (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                error = sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+                error.sqlite_errorcode = _SQLITE_CORRUPT
+                raise error
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _rebuild(self, damaged: Path, sync: str, problems: list[str]) -> sqlite3.Connection:
+        """A fresh database holding what can be read of the `damaged` one."""
+        salvaged, complete = spool_repair.salvage(damaged)
+        # A damaged page can read back as NULLs or noise: only whole alerts go on.
+        rows = [
+            row
+            for row in salvaged
+            if isinstance(row[0], int)
+            and _readable((*row[1:5], "blob" if isinstance(row[5], bytes) else "", row[6]))
+        ]
+        try:
+            db = self._connect(sync)
+            with db:
+                db.execute("BEGIN")
+                db.executemany(
+                    "INSERT INTO spool (seq, accepted_ns, path, subject, headers, payload, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except self._db_error as exc:
+            raise ConfigError("spool_dir", f"cannot rebuild {self.location}: {exc}") from None
+        problems.append(
+            f"{len(rows)} alerts read back from it"
+            + (
+                f", {len(salvaged) - len(rows)} rows unreadable"
+                if len(rows) < len(salvaged)
+                else ""
+            )
+            + ("" if complete else "; parts of its table could not be read")
+        )
+        return db
+
+    def _move_aside_unreadable_rows(self) -> None:
+        """Rows that cannot become a SpooledAlert go to the `damaged` table (kept),
+        so that reading the spool never fails on them, at start or later."""
+        assert self._db is not None
+        bad = [
+            seq
+            for seq, *row in self._db.execute(
+                "SELECT seq, accepted_ns, path, subject, headers, typeof(payload), size FROM spool"
+            )
+            if not _readable(tuple(row))
+        ]
+        if bad:
+            self._move_aside(bad)
+
+    def _move_aside(self, seqs: list[int]) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(_DAMAGED_SCHEMA)
+            for seq in seqs:
+                self._db.execute(
+                    "INSERT INTO damaged SELECT *, ? FROM spool WHERE seq = ?",
+                    (time.time_ns(), seq),
+                )
+                self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        self.damaged_items += len(seqs)
+        message = (
+            f"{len(seqs)} spooled alerts cannot be read (seq {seqs[0]}"
+            + (f" to {seqs[-1]}" if len(seqs) > 1 else "")
+            + f"); moved to the table 'damaged' of {self.location}"
+        )
+        self.damage.append(message)
+        log(logging.ERROR, "spool damaged", LOG, problem=message, location=self.location)
 
     @property
     def durable(self) -> bool:
@@ -173,12 +312,22 @@ class Spool:
         if self._db is None:
             seq = self._last_seq + 1
         else:
-            cursor = self._db.execute(
-                "INSERT INTO spool (accepted_ns, path, subject, headers, payload, size) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (accepted_ns, path, subject, orjson.dumps(headers), payload, size),
-            )
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO spool (accepted_ns, path, subject, headers, payload, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (accepted_ns, path, subject, orjson.dumps(headers), payload, size),
+                )
+            except self._db_error as exc:
+                # An autocommit INSERT that fails leaves nothing behind: refused whole.
+                self._disk_failed("append", exc)
+                raise SpoolDiskError(
+                    f"spool disk error: cannot write to {self.location} ({exc}); "
+                    "free space or fix the disk under spool_dir"
+                ) from None
             seq = int(cursor.lastrowid or 0)
+            if self.disk_error:
+                self._disk_recovered()
         self._last_seq = seq
         self.count += 1
         self.bytes += size
@@ -186,8 +335,47 @@ class Spool:
         return seq
 
     def has_room(self, margin: int = 64 * 1024) -> bool:
-        """Room for at least `margin` more bytes: for readiness, not for admission."""
+        """Room for at least `margin` more bytes, and a disk that takes writes: for
+        readiness, not for admission. While the disk refuses, a write of `margin`
+        bytes is tried at most once per PROBE_INTERVAL."""
+        if self.disk_error and not self._probe(margin):
+            return False
         return self.bytes + margin <= self.max_bytes
+
+    def _probe(self, margin: int) -> bool:
+        if self._db is None or time.monotonic() < self._probe_at:
+            return False
+        self._probe_at = time.monotonic() + PROBE_INTERVAL
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(_PROBE_SCHEMA)
+                self._db.execute("INSERT INTO probe VALUES (zeroblob(?))", (margin,))
+                self._db.execute("DELETE FROM probe")
+        except self._db_error:
+            return False
+        self._disk_recovered()
+        return True
+
+    def _disk_failed(self, operation: str, exc: Exception) -> None:
+        self.errors[operation] += 1
+        self._probe_at = time.monotonic() + PROBE_INTERVAL
+        if not self.disk_error:
+            log(
+                logging.ERROR,
+                "spool disk error",
+                LOG,
+                operation=operation,
+                error=str(exc),
+                location=self.location,
+            )
+        self.disk_error = f"{operation}: {exc}"
+
+    def _disk_recovered(self) -> None:
+        log(logging.INFO, "spool disk writable again", LOG, location=self.location)
+        self.disk_error = ""
+        if self._undeleted:
+            self._delete_rows([])
 
     def read(self, after: int, limit: int) -> list[SpooledAlert]:
         """Up to `limit` alerts with a sequence number above `after`, oldest first."""
@@ -198,13 +386,15 @@ class Spool:
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
+        undeleted = self._undeleted
         alerts = [
             SpooledAlert(
                 seq, accepted_ns, path, subject, orjson.loads(headers), bytes(payload), size
             )
             for seq, accepted_ns, path, subject, headers, payload, size in rows
+            if seq not in undeleted
         ]
-        if len(alerts) < limit:
+        if len(rows) < limit:
             # The publisher has caught up with the database: from here on the
             # cache holds everything after `after` again.
             self._cache.restart(alerts, after)
@@ -217,18 +407,43 @@ class Spool:
             return
         self._cache.remove(batch)
         if self._db is not None:
-            first, last = batch[0].seq, batch[-1].seq
-            with self._db:  # one transaction for the batch
-                self._db.execute("BEGIN")
-                if last - first + 1 == len(batch):
-                    # The usual case, a run of consecutive alerts: one range delete.
-                    self._db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (first, last))
-                else:
-                    self._db.executemany(
-                        "DELETE FROM spool WHERE seq = ?", [(a.seq,) for a in batch]
-                    )
+            self._delete_rows(batch)
         self.count -= len(batch)
         self.bytes -= sum(a.size for a in batch)
+
+    def _delete_rows(self, batch: list[SpooledAlert]) -> None:
+        """Delete `batch` and any delete the disk refused before. Never raises: what
+        the disk refuses now is remembered (never read again) and retried."""
+        assert self._db is not None
+        undeleted = self._undeleted
+        try:
+            with self._db:  # one transaction for the batch
+                self._db.execute("BEGIN")
+                if batch:
+                    first, last = batch[0].seq, batch[-1].seq
+                    if last - first + 1 == len(batch):
+                        # The usual case, a run of consecutive alerts: one range delete.
+                        self._db.execute(
+                            "DELETE FROM spool WHERE seq BETWEEN ? AND ?", (first, last)
+                        )
+                    else:
+                        self._db.executemany(
+                            "DELETE FROM spool WHERE seq = ?", [(a.seq,) for a in batch]
+                        )
+                if undeleted:
+                    self._db.executemany(
+                        "DELETE FROM spool WHERE seq = ?", [(seq,) for seq in undeleted]
+                    )
+        except self._db_error as exc:
+            # NATS has these alerts: they must not be read again, and the rows go
+            # once the disk takes writes again (or, after a restart, JetStream drops
+            # the second copy by its Nats-Msg-Id).
+            undeleted.update(a.seq for a in batch)
+            self._disk_failed("delete", exc)
+            return
+        if undeleted:
+            undeleted.clear()
+            log(logging.INFO, "spool deletes caught up", LOG, location=self.location)
 
     def alert_ids(self) -> list[str]:
         """Ids of everything spooled, so a restarted gateway still knows them as seen."""
@@ -241,7 +456,10 @@ class Spool:
 
     def close(self) -> None:
         if self._db is not None:
+            if self._undeleted:
+                self._delete_rows([])
             self._db.close()
+            self._db = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -324,8 +542,38 @@ class _Recent:
         self._head = head
 
 
+def _readable(row: tuple[object, ...]) -> bool:
+    """A spool row (accepted_ns, path, subject, headers, typeof(payload), size) that
+    `Spool.read` can turn into a SpooledAlert."""
+    accepted_ns, path, subject, headers, payload_type, size = row
+    if not (
+        isinstance(accepted_ns, int)
+        and isinstance(path, str)
+        and isinstance(subject, str)
+        and isinstance(size, int)
+        and payload_type == "blob"
+        and isinstance(headers, bytes | str)
+    ):
+        return False
+    try:
+        decoded = orjson.loads(headers)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(decoded, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in decoded.items()
+    )
+
+
 def _seq(alert: SpooledAlert) -> int:
     return alert.seq
+
+
+def _keep_aside(path: Path, *, move: bool) -> Path | str:
+    """spool_repair.keep_aside; on failure, why (a full disk cannot take the copy)."""
+    try:
+        return spool_repair.keep_aside(path, move=move)
+    except OSError as exc:
+        return f"could not be kept aside: {exc}"
 
 
 def _lock(folder: Path) -> int:

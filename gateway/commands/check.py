@@ -169,6 +169,15 @@ def check_spool(settings: Settings) -> Result:
     except ConfigError as exc:
         return Result("spool", False, str(exc))
     try:
+        if spool.damage:
+            # Repaired by this check (damaged parts kept under spool_dir/damaged); the
+            # gateway starts on what could be read, but someone should know.
+            return Result(
+                "spool",
+                False,
+                f"{spool.location} was damaged: {'; '.join(spool.damage)}; "
+                f"{spool.count} alerts readable and kept",
+            )
         return Result(
             "spool", True, f"{spool.location}: {spool.count} alerts waiting, {spool.bytes} bytes"
         )
