@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import __version__
 from gateway.config import Settings, redact
@@ -25,6 +25,7 @@ from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
+from gateway.supervisor import Supervised
 from gateway.telemetry import Telemetry, counter, gauge, labelled_counter
 
 LOG = logging.getLogger("gateway")
@@ -103,6 +104,38 @@ class Gateway:
         # `stop` ends intake; `_drain` then tells the publisher to finish up.
         self.stop = asyncio.Event()
         self._drain = asyncio.Event()
+        # The long-lived tasks, each restarted after a failure (gateway/supervisor.py).
+        self.nats_task = Supervised(
+            # NatsSink.start() would run this in a task of its own, unwatched.
+            "nats",
+            self.sink._connect,
+            self.stop,
+            once=True,
+        )
+        self.http_task = Supervised(
+            "http",
+            self._serve_http,
+            self.stop,
+            # The port taken, or the certificate unreadable: the gateway cannot serve.
+            fatal_at_start=(OSError,),
+        )
+        self.publisher_task = Supervised(
+            "publisher",
+            lambda: self.publisher.run(self._drain, s.shutdown_timeout),
+            self._drain,
+            last_chance=True,
+        )
+        self.grpc_task: Supervised | None = None
+        if self.grpc is not None:
+            grpc = self.grpc
+            self.grpc_task = Supervised(
+                "grpc", lambda: grpc.run(self.stop, drain_timeout=s.shutdown_timeout), self.stop
+            )
+        self.tasks = [
+            t
+            for t in (self.http_task, self.grpc_task, self.publisher_task, self.nats_task)
+            if t is not None
+        ]
 
     def _link_metrics(self) -> Iterator[Metric]:
         """Read at scrape time: depths and link states, never stale."""
@@ -142,8 +175,25 @@ class Gateway:
             1,
             {"version": __version__, "mode": mode},
         )
+        yield labelled_counter(
+            "falco_nats_gateway_task_failures",
+            "Unexpected failures of the gateway's long-lived tasks, each followed by a restart",
+            "task",
+            ((t.name, t.failures) for t in self.tasks),
+        )
+        running = GaugeMetricFamily(
+            "falco_nats_gateway_task_up",
+            "1 while the task runs (or finished its job), 0 while it waits to restart",
+            labels=["task"],
+        )
+        for task in self.tasks:
+            running.add_metric([task.name], task.up)
+        yield running
         if self.grpc is not None:
+            # A gRPC task that died would leave its last state behind: connected
+            # only while the task runs too.
             connected = self.grpc.state.state == "connected"
+            connected = connected and self.grpc_task is not None and self.grpc_task.up
             yield gauge(
                 "falco_nats_gateway_grpc_connected",
                 "1 while the Falco gRPC stream is up",
@@ -158,9 +208,17 @@ class Gateway:
                 yield gauge("falco_nats_gateway_falco_info", "Falco's version over gRPC", 1, labels)
 
     def health(self) -> tuple[bool, str]:
-        if self.sink.connected:
-            return True, "ok"
-        return False, self.sink.status
+        """/healthz: NATS connected and no task down after a failure; else why not."""
+        down = [
+            f"{t.name} task {t.state} after {t.failures} failures (last: {t.last_error})"
+            for t in self.tasks
+            if not t.up and t.failures
+        ]
+        if not self.sink.connected:
+            down.insert(0, self.sink.status)
+        if down:
+            return False, "; ".join(down)
+        return True, "ok"
 
     async def run(self) -> None:
         s = self.settings
@@ -182,47 +240,48 @@ class Gateway:
         # moved out of the collector's sight once.
         gc.collect()
         gc.freeze()
-        await self.sink.start()
-        publisher = asyncio.create_task(
-            self.publisher.run(self._drain, s.shutdown_timeout), name="publisher"
-        )
-        intake = [
-            asyncio.create_task(
-                serve_http(
-                    self.app,
-                    s.listen_host,
-                    s.listen_port,
-                    self.stop.wait,
-                    s.shutdown_timeout,
-                    tls=self.http_tls,
-                    health=self.health_bind,
-                    read_timeout=s.http_read_timeout,
-                ),
-                name="http",
-            )
-        ]
-        if self.grpc is not None:
-            intake.append(
-                asyncio.create_task(
-                    self.grpc.run(self.stop, drain_timeout=s.shutdown_timeout), name="grpc"
-                )
-            )
+        connect = asyncio.create_task(self.nats_task.run(), name="nats-connect")
+        publisher = asyncio.create_task(self.publisher_task.run(), name="publisher")
+        intake = [asyncio.create_task(self.http_task.run(), name="http")]
+        if self.grpc_task is not None:
+            intake.append(asyncio.create_task(self.grpc_task.run(), name="grpc"))
         stopper = asyncio.create_task(self.stop.wait())
-        # The HTTP server ending on its own (port taken) or the publisher failing
-        # (stream missing) ends the gateway instead of leaving it half alive.
-        await asyncio.wait({intake[0], publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        # Supervised tasks end before `stop` only on a fatal error (the HTTP port
+        # taken, the stream missing): that ends the gateway, not half of it.
+        await asyncio.wait(
+            {*intake, publisher, connect, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if connect.done() and not self.stop.is_set() and connect.exception() is None:
+            # Connected: the NATS task's job is done; wait on the others.
+            await asyncio.wait({*intake, publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         self.stop.set()
         stopper.cancel()
         results = await asyncio.gather(*intake, return_exceptions=True)
         self._drain.set()
         self.publisher.notify()
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
+        if not connect.done():
+            connect.cancel()
+        results.append((await asyncio.gather(connect, return_exceptions=True))[0])
         await self.sink.close(timeout=s.shutdown_timeout)
         self.spool.close()
         log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.telemetry.summary())
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    async def _serve_http(self) -> None:
+        s = self.settings
+        await serve_http(
+            self.app,
+            s.listen_host,
+            s.listen_port,
+            self.stop.wait,
+            s.shutdown_timeout,
+            tls=self.http_tls,
+            health=self.health_bind,
+            read_timeout=s.http_read_timeout,
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
