@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +33,9 @@ FATAL: tuple[type[BaseException], ...] = (ConfigError, StreamError)
 # A run that lasted this long before failing was healthy: the next restart waits
 # the shortest delay again instead of the growing one.
 HEALTHY_RUN = 30.0
+# After a restart a task counts as up once it has run this long: one in a crash
+# loop, failing at once on every run, is never reported up between two runs.
+STEADY = 1.0
 
 
 class Supervised:
@@ -68,10 +72,13 @@ class Supervised:
         self.failures = 0
         self.last_error = ""
         self._tracebacks = OncePer()
+        self._since = 0.0  # monotonic time of the current run's start
 
     @property
     def up(self) -> bool:
-        """Running, or finished as it should: not down after a failure."""
+        """Running (for STEADY seconds, after a failure), or finished as it should."""
+        if self.state == "running" and self.failures:
+            return time.monotonic() - self._since >= STEADY
         return self.state in {"running", "done"}
 
     async def run(self) -> None:
@@ -80,6 +87,7 @@ class Supervised:
         first = True
         while True:
             self.state = "running"
+            self._since = time.monotonic()
             began = loop.time()
             began_stopping = self.stopping.is_set()
             try:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from gateway import supervisor
 from gateway.backoff import Backoff
 from gateway.errors import StreamError
 from gateway.supervisor import Supervised
@@ -36,7 +37,7 @@ class Flaky:
 
 
 async def test_a_failing_task_is_logged_counted_and_restarted(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stop = asyncio.Event()
     flaky = Flaky(stop, 3, ValueError("dependency broke"))
@@ -44,11 +45,14 @@ async def test_a_failing_task_is_logged_counted_and_restarted(
     runner = asyncio.create_task(task.run())
     with caplog.at_level(logging.ERROR, "gateway.supervisor"):
         await asyncio.wait_for(flaky.running.wait(), 10)
-    assert (task.failures, flaky.runs, task.state, task.up) == (3, 4, "running", True)
+    assert (task.failures, flaky.runs, task.state) == (3, 4, "running")
+    assert not task.up  # not until it has run a while without failing
+    monkeypatch.setattr(supervisor, "STEADY", 0.0)
+    assert task.up
     assert task.last_error == "ValueError: dependency broke"
     failures = [r for r in caplog.records if r.getMessage() == "task failed, restarting"]
     assert len(failures) == 3
-    fields = [r.fields for r in failures]  # type: ignore[attr-defined]
+    fields = [r.fields for r in failures]
     assert all(f["task"] == "publisher" and f["error"] == task.last_error for f in fields)
     # The traceback once: the same failure again logs one line without it.
     assert "Traceback" in fields[0]["traceback"]
