@@ -25,8 +25,15 @@ from gateway.commands.check import run_checks
 from gateway.config import Settings
 from gateway.event import FalcoEvent
 from gateway.simulator.alerts import CATALOG, render
-from gateway.simulator.wire import to_falco_json
-from tests.support import NatsServer, free_port, running_gateway, stream_ids, until
+from gateway.simulator.wire import to_falco_json, to_grpc_response
+from tests.support import (
+    NatsServer,
+    StartFalco,
+    free_port,
+    running_gateway,
+    stream_ids,
+    until,
+)
 
 JETSTREAM: dict[str, Any] = {"jetstream": True, "stream_create": True}
 
@@ -85,7 +92,7 @@ def rows(spool_dir: Path) -> int:
 
 
 async def test_a_full_disk_refuses_like_a_full_spool_and_loses_nothing(
-    js_server: NatsServer, small_disk: Path
+    js_server: NatsServer, small_disk: Path, socket_path: str, start_falco: StartFalco
 ) -> None:
     spool_dir = small_disk / "spool"
     settings: dict[str, Any] = {"spool_dir": str(spool_dir), "dedup_window": 600.0, **JETSTREAM}
@@ -131,12 +138,27 @@ async def test_a_full_disk_refuses_like_a_full_spool_and_loses_nothing(
         await stream_ids(js_server.url, "FALCO", len(accepted))
         await until(lambda: gw.gateway.spool.errors["delete"] > 0, "a refused delete", 30)
         assert not gw.task.done()
-    # Stopped (deletes may still be refused): a restart on the same full disk.
-    async with running_gateway(js_server.url, **settings) as gw, gw.client() as http:
+    # Stopped (deletes may still be refused): a restart on the same full disk, now
+    # with Falco's gRPC stream too.
+    falco = await start_falco(socket_path)
+    grpc_settings: dict[str, Any] = {"falco_grpc": socket_path, "grpc_poll_interval": 0.02}
+    async with (
+        running_gateway(js_server.url, **settings, **grpc_settings) as gw,
+        gw.client() as http,
+    ):
         # Whatever is still on disk is read and sent again (JetStream drops the copies
         # by Nats-Msg-Id) and the gateway keeps running: no crash on the full disk.
         await until(lambda: gw.gateway.spool.count == 0, "the spool to be sent", 30)
         assert not gw.task.done()
+        # The disk refuses the alert Falco hands over: the gateway keeps it and
+        # stops asking for more; the rest waits in Falco's queue.
+        streamed = events[300:320]
+        for grpc_event in streamed:
+            falco.emit(to_grpc_response(grpc_event))
+        telemetry = gw.gateway.telemetry
+        await until(lambda: telemetry.get("refused", "grpc") > 0, "a refused gRPC alert", 30)
+        assert telemetry.get("accepted", "grpc") == 0
+        accepted += streamed
         filler.unlink()
         await until(gw.gateway.spool.has_room, "the disk to take writes", 30)
         assert (await http.get("/readyz")).status == 200
@@ -144,8 +166,10 @@ async def test_a_full_disk_refuses_like_a_full_spool_and_loses_nothing(
         assert response.status == 200
         assert orjson.loads(response.body)["status"] == "accepted"
         accepted.append(event)
+        await until(lambda: telemetry.get("accepted", "grpc") == len(streamed), "gRPC", 30)
         await until(lambda: rows(spool_dir) == 0, "the spool to empty on disk", 30)
         assert not gw.task.done()
+    await falco.stop()
     ids = await stream_ids(js_server.url, "FALCO", len(accepted))
     assert sorted(ids) == sorted(e.alert_id for e in accepted)
 
