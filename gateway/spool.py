@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS damaged (
 """
 _PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS probe (b BLOB)"
 # SQLite's primary result codes for a damaged file.
+_SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
 
 
@@ -126,8 +128,8 @@ class Spool:
         # Delivered alerts whose delete the disk refused: deleted with the next one that
         # gets through, never read again meanwhile.
         self._undeleted: set[int] = set()
-        # Disk errors by operation (append, delete), for metrics.
-        self.errors: dict[str, int] = {"append": 0, "delete": 0}
+        # Disk errors by operation (open, append, delete), for metrics.
+        self.errors: dict[str, int] = {"open": 0, "append": 0, "delete": 0}
         # Damage found at start-up: what (messages) and how many items (files, rows)
         # were moved aside for it.
         self.damage: list[str] = []
@@ -167,9 +169,13 @@ class Spool:
         try:
             db = self._connect(sync)
         except sqlite3.DatabaseError as exc:
-            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            code = exc.sqlite_errorcode & 0xFF
+            if code in (_SQLITE_IOERR, _SQLITE_FULL):
+                db = self._connect_on_refusing_disk(sync, exc)
+            elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                problems.append(f"{path.name} cannot be read: {exc}")
+            else:
                 raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
-            problems.append(f"{path.name} cannot be read: {exc}")
         if db is None:
             # Moved, not copied: the damaged files stay as they were found, and a
             # rename needs no room on a full disk.
@@ -202,13 +208,27 @@ class Spool:
                 location=self.location,
             )
 
-    def _connect(self, sync: str) -> sqlite3.Connection:
+    def _connect_on_refusing_disk(self, sync: str, error: Exception) -> sqlite3.Connection:
+        """The disk refused what opening takes (SQLite's 32 KiB shared-memory file, on
+        a full disk): open in exclusive locking mode, which keeps that index in the
+        process's memory, so that what is spooled still goes to NATS. Writes are
+        refused until the disk takes them again. (Other processes cannot read the
+        database meanwhile; the gateway locks the folder for itself anyway.)"""
+        self._disk_failed("open", error)
+        try:
+            return self._connect(sync, exclusive=True)
+        except self._db_error as exc:
+            raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+
+    def _connect(self, sync: str, *, exclusive: bool = False) -> sqlite3.Connection:
         """Open and check the database; sqlite3.DatabaseError when it is damaged."""
         import sqlite3
 
         # isolation_level=None: autocommit; each statement is its own transaction.
         db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False)
         try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             db.execute(_SCHEMA)
@@ -346,16 +366,25 @@ class Spool:
         if self._db is None or time.monotonic() < self._probe_at:
             return False
         self._probe_at = time.monotonic() + PROBE_INTERVAL
+        if self.try_write(margin):
+            return False
+        self._disk_recovered()
+        return True
+
+    def try_write(self, size: int = 64 * 1024) -> str:
+        """Write `size` bytes to the database and take them back: "" when the disk
+        took them, else why not (for readiness and `check`)."""
+        if self._db is None:
+            return ""
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.execute(_PROBE_SCHEMA)
-                self._db.execute("INSERT INTO probe VALUES (zeroblob(?))", (margin,))
+                self._db.execute("INSERT INTO probe VALUES (zeroblob(?))", (size,))
                 self._db.execute("DELETE FROM probe")
-        except self._db_error:
-            return False
-        self._disk_recovered()
-        return True
+        except self._db_error as exc:
+            return str(exc)
+        return ""
 
     def _disk_failed(self, operation: str, exc: Exception) -> None:
         self.errors[operation] += 1

@@ -21,11 +21,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.commands.check import run_checks
+from gateway.commands.check import check_spool, run_checks
 from gateway.config import Settings
+from gateway.errors import SpoolFull
 from gateway.event import FalcoEvent
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json, to_grpc_response
+from gateway.spool import Spool
 from tests.support import (
     NatsServer,
     StartFalco,
@@ -172,6 +174,28 @@ async def test_a_full_disk_refuses_like_a_full_spool_and_loses_nothing(
     await falco.stop()
     ids = await stream_ids(js_server.url, "FALCO", len(accepted))
     assert sorted(ids) == sorted(e.alert_id for e in accepted)
+
+
+def test_check_reports_a_spool_disk_that_refuses_writes(small_disk: Path) -> None:
+    spool_dir = small_disk / "spool"
+    Spool(str(spool_dir)).close()
+    settings = replace(Settings(), spool_dir=str(spool_dir))
+    assert check_spool(settings).ok
+    filler = fill(small_disk)
+    result = check_spool(settings)
+    assert not result.ok
+    assert "the disk refuses writes (database or disk is full)" in result.detail
+    # The gateway starts on it (no restart loop), refusing writes until there is room.
+    spool = Spool(str(spool_dir))
+    assert spool.errors["open"] == 1
+    assert spool.disk_error
+    with pytest.raises(SpoolFull, match="disk"):
+        spool.append("http", "falco.notice.r", {"Nats-Msg-Id": "x"}, b"{}")
+    filler.unlink()
+    assert not spool.try_write()
+    spool.append("http", "falco.notice.r", {"Nats-Msg-Id": "x"}, b"{}")
+    spool.close()
+    assert check_spool(settings).ok
 
 
 WRITER = """

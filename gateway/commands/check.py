@@ -205,6 +205,14 @@ def check_spool(settings: Settings) -> Result:
     except ConfigError as exc:
         return Result("spool", False, str(exc))
     try:
+        refused = spool.try_write()
+        if refused:
+            return Result(
+                "spool",
+                False,
+                f"{spool.location}: the disk refuses writes ({refused}); the gateway would "
+                "refuse every alert (HTTP 503)",
+            )
         if spool.damage:
             # Repaired by this check (damaged parts kept under spool_dir/damaged); the
             # gateway starts on what could be read, but someone should know.
