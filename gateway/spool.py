@@ -32,10 +32,10 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import orjson
 
@@ -128,6 +128,8 @@ class Spool:
         # Delivered alerts whose delete the disk refused: deleted with the next one that
         # gets through, never read again meanwhile.
         self._undeleted: set[int] = set()
+        # Unreadable rows the disk would not let be moved aside: never read.
+        self._unreadable: set[int] = set()
         # Disk errors by operation (open, append, delete), for metrics.
         self.errors: dict[str, int] = {"open": 0, "append": 0, "delete": 0}
         # Damage found at start-up: what (messages) and how many items (files, rows)
@@ -291,20 +293,28 @@ class Spool:
 
     def _move_aside(self, seqs: list[int]) -> None:
         assert self._db is not None
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(_DAMAGED_SCHEMA)
-            for seq in seqs:
-                self._db.execute(
-                    "INSERT INTO damaged SELECT *, ? FROM spool WHERE seq = ?",
-                    (time.time_ns(), seq),
-                )
-                self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(_DAMAGED_SCHEMA)
+                for seq in seqs:
+                    self._db.execute(
+                        "INSERT INTO damaged SELECT *, ? FROM spool WHERE seq = ?",
+                        (time.time_ns(), seq),
+                    )
+                    self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        except self._db_error as exc:
+            # The disk refuses even that (full): the rows stay where they are, and
+            # are never read again by this process.
+            self._unreadable.update(seqs)
+            where = f"left in place, moving them failed ({exc}); skipped"
+        else:
+            where = f"moved to the table 'damaged' of {self.location}"
         self.damaged_items += len(seqs)
         message = (
             f"{len(seqs)} spooled alerts cannot be read (seq {seqs[0]}"
             + (f" to {seqs[-1]}" if len(seqs) > 1 else "")
-            + f"); moved to the table 'damaged' of {self.location}"
+            + f"); {where}"
         )
         self.damage.append(message)
         log(logging.ERROR, "spool damaged", LOG, problem=message, location=self.location)
@@ -415,18 +425,53 @@ class Spool:
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
-        undeleted = self._undeleted
-        alerts = [
-            SpooledAlert(
-                seq, accepted_ns, path, subject, orjson.loads(headers), bytes(payload), size
-            )
-            for seq, accepted_ns, path, subject, headers, payload, size in rows
-            if seq not in undeleted
-        ]
+        skip = self._undeleted | self._unreadable if self._undeleted or self._unreadable else ()
+        try:
+            alerts = [
+                SpooledAlert(
+                    seq, accepted_ns, path, subject, orjson.loads(headers), bytes(payload), size
+                )
+                for seq, accepted_ns, path, subject, headers, payload, size in rows
+                if seq not in skip
+            ]
+        except (ValueError, TypeError, AttributeError):  # orjson.JSONDecodeError: a ValueError
+            alerts = self._read_carefully(rows, skip)
         if len(rows) < limit:
             # The publisher has caught up with the database: from here on the
             # cache holds everything after `after` again.
             self._cache.restart(alerts, after)
+        return alerts
+
+    def _read_carefully(
+        self, rows: list[tuple[object, ...]], skip: Container[int]
+    ) -> list[SpooledAlert]:
+        """`rows` as alerts, one by one: a row changed behind the gateway's back since
+        start-up (checked then) is moved aside, not a publisher stuck on it."""
+        alerts: list[SpooledAlert] = []
+        bad: list[int] = []
+        for seq, accepted_ns, path, subject, headers, payload, size in rows:
+            assert isinstance(seq, int)
+            if seq in skip:
+                continue
+            kind = "blob" if isinstance(payload, bytes) else ""
+            if not _readable((accepted_ns, path, subject, headers, kind, size)):
+                bad.append(seq)
+                self.count -= 1
+                self.bytes -= size if isinstance(size, int) else 0
+                continue
+            alerts.append(
+                SpooledAlert(
+                    seq,
+                    cast(int, accepted_ns),
+                    cast(str, path),
+                    cast(str, subject),
+                    orjson.loads(cast(bytes, headers)),
+                    cast(bytes, payload),
+                    cast(int, size),
+                )
+            )
+        if bad:
+            self._move_aside(bad)
         return alerts
 
     def delete(self, alerts: Iterable[SpooledAlert]) -> None:
@@ -478,10 +523,13 @@ class Spool:
         """Ids of everything spooled, so a restarted gateway still knows them as seen."""
         if self._db is None:
             return [a.alert_id for a in self._cache.read(0, self.count)]
-        return [
-            orjson.loads(h).get("Nats-Msg-Id", "")
-            for (h,) in self._db.execute("SELECT headers FROM spool")
-        ]
+        ids = []
+        for (headers,) in self._db.execute("SELECT headers FROM spool"):
+            try:
+                ids.append(orjson.loads(headers).get("Nats-Msg-Id", ""))
+            except (ValueError, TypeError, AttributeError):
+                continue  # an unreadable row (see _move_aside): no id to remember
+        return ids
 
     def close(self) -> None:
         if self._db is not None:

@@ -276,3 +276,31 @@ def test_a_clean_crash_is_no_damage(tmp_path: Path) -> None:
     assert not spool.damage
     assert spool.count == 3000
     assert not (folder / "damaged").exists()
+
+
+def test_a_row_damaged_while_running_is_moved_aside_not_a_stuck_reader(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    spool = Spool(str(folder), cache_bytes=0)  # every read from the database
+    add(spool, 4)
+    other = sqlite3.connect(folder / "spool.db")
+    other.execute("UPDATE spool SET headers = x'ff00' WHERE seq = 2")
+    other.commit()
+    other.close()
+    assert [a.seq for a in spool.read(0, 10)] == [1, 3, 4]
+    assert (spool.count, spool.damaged_items) == (3, 1)
+    assert [a.seq for a in spool.read(0, 10)] == [1, 3, 4]
+    assert spool._db is not None
+    assert spool._db.execute("SELECT seq FROM damaged").fetchall() == [(2,)]
+
+
+def test_an_unreadable_row_the_disk_will_not_let_move_is_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    spool, disk = failing_spool(folder)
+    spool._cache.invalidate()
+    add(spool, 3)
+    disk.db.execute("UPDATE spool SET headers = x'ff00' WHERE seq = 2")
+    disk.failing = True
+    assert [a.seq for a in spool.read(0, 10)] == [1, 3]
+    assert "moving them failed" in spool.damage[-1]
+    assert [a.seq for a in spool.read(0, 10)] == [1, 3]
+    assert sorted(spool.alert_ids()) == ["id-0", "id-2"]
