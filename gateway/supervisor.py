@@ -36,6 +36,10 @@ HEALTHY_RUN = 30.0
 # After a restart a task counts as up once it has run this long: one in a crash
 # loop, failing at once on every run, is never reported up between two runs.
 STEADY = 1.0
+# The most of a failure's message kept for /healthz.
+ERROR_CHARS = 300
+# The most of a traceback logged: its start and its end (the frames and the error).
+TRACEBACK_CHARS = 16 * 1024
 
 
 class Supervised:
@@ -133,12 +137,19 @@ class Supervised:
                 failures=self.failures,
             )
             return
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__}: {exc}"
+        # Shown in /healthz and check: an exception's text may carry a whole alert.
+        self.last_error = text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "..."
         fields: dict[str, object] = {}
         # The traceback once per kind of failure: a task failing the same way on
         # every restart logs one line per restart after the first.
         if self._tracebacks.first(f"{type(exc).__qualname__}:{_where(exc)}"):
-            fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+            text = "".join(traceback.format_exception(exc)).rstrip()
+            if len(text) > TRACEBACK_CHARS:
+                half = TRACEBACK_CHARS // 2
+                gap = len(text) - 2 * half
+                text = f"{text[:half]}\n... ({gap} characters left out) ...\n{text[-half:]}"
+            fields["traceback"] = text
         log(
             logging.ERROR,
             "task failed, restarting",

@@ -185,3 +185,22 @@ async def test_a_once_task_is_done_when_it_returns() -> None:
     task = Supervised("nats", connect, asyncio.Event(), once=True, backoff=quick())
     await asyncio.wait_for(task.run(), 10)
     assert (task.state, task.failures, runs) == ("done", 2, 3)
+
+
+async def test_the_failure_shown_in_health_and_logged_is_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stop = asyncio.Event()
+    flaky = Flaky(stop, 1, ValueError("x" * 100_000))
+    task = Supervised("grpc", flaky, stop, backoff=quick())
+    runner = asyncio.create_task(task.run())
+    await asyncio.wait_for(flaky.running.wait(), 10)
+    stop.set()
+    await runner
+    assert len(task.last_error) < 400
+    assert task.last_error.startswith("ValueError: xxx")
+    (logged,) = [r for r in caplog.records if r.getMessage() == "task failed, restarting"]
+    trace = logged.fields["traceback"]  # type: ignore[attr-defined]
+    assert len(trace) < 17 * 1024
+    assert trace.startswith("Traceback (most recent call last)")
+    assert "characters left out" in trace
