@@ -260,9 +260,9 @@ class Gateway:
         self._drain.set()
         self.publisher.notify()
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
-        if not connect.done():
-            connect.cancel()
-        results.append((await asyncio.gather(connect, return_exceptions=True))[0])
+        await _cancel(connect)
+        if connect.done():
+            results.append((await asyncio.gather(connect, return_exceptions=True))[0])
         await self.sink.close(timeout=s.shutdown_timeout)
         self.spool.close()
         log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.telemetry.summary())
@@ -293,3 +293,16 @@ class Gateway:
         if not self.stop.is_set():
             log(logging.INFO, "shutting down", LOG, signal=sig.name)
         self.stop.set()
+
+
+async def _cancel(task: asyncio.Task[None], tries: int = 50) -> None:
+    """Cancel `task` and wait for it, cancelling again if the cancellation was
+    swallowed: nats-py's connect runs asyncio.wait_for, which can turn a
+    cancellation that meets its own timeout into a TimeoutError it then retries.
+    Gives up (the task is left to the loop's end) after `tries` tenths of a second."""
+    for _ in range(tries):
+        if task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    log(logging.WARNING, "task did not stop when cancelled", LOG, task=task.get_name())
