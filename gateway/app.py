@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import __version__
 from gateway.config import Settings, redact
@@ -28,7 +28,8 @@ from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
 from gateway.subject import SubjectTemplate
-from gateway.telemetry import Telemetry, counter, gauge
+from gateway.supervisor import Supervised
+from gateway.telemetry import Telemetry, counter, gauge, labelled_counter
 
 LOG = logging.getLogger("gateway")
 
@@ -115,12 +116,56 @@ class Gateway:
         # `stop` ends intake; `_drain` then tells the publisher to finish up.
         self.stop = asyncio.Event()
         self._drain = asyncio.Event()
+        # The long-lived tasks, each restarted after a failure (gateway/supervisor.py).
+        # NatsLink.start() would run this in a task of its own, unwatched.
+        self.nats_task = Supervised("nats", self.link.keep_connected, self.stop)
+        self.http_task = Supervised(
+            "http",
+            self._serve_http,
+            self.stop,
+            # The port taken, or the certificate unreadable: the gateway cannot serve.
+            fatal_at_start=(OSError,),
+        )
+        self.publisher_task = Supervised(
+            "publisher",
+            lambda: self.publisher.run(self._drain, s.shutdown_timeout),
+            self._drain,
+            last_chance=True,
+        )
+        self.grpc_task: Supervised | None = None
+        if self.grpc is not None:
+            grpc = self.grpc
+            self.grpc_task = Supervised(
+                "grpc", lambda: grpc.run(self.stop, drain_timeout=s.shutdown_timeout), self.stop
+            )
+        self.tasks = [
+            t
+            for t in (self.http_task, self.grpc_task, self.publisher_task, self.nats_task)
+            if t is not None
+        ]
 
     def _link_metrics(self) -> Iterator[Metric]:
         """Read at scrape time: depths and link states, never stale."""
         yield gauge("falco_nats_gateway_spool_alerts", "Alerts waiting for NATS", self.spool.count)
         yield gauge("falco_nats_gateway_spool_bytes", "Bytes waiting for NATS", self.spool.bytes)
         yield gauge("falco_nats_gateway_spool_limit_bytes", "spool_max_bytes", self.spool.max_bytes)
+        if self.spool.durable:
+            yield gauge(
+                "falco_nats_gateway_spool_writable",
+                "0 while the spool's disk refuses writes (alerts are refused meanwhile)",
+                not self.spool.disk_error,
+            )
+            yield labelled_counter(
+                "falco_nats_gateway_spool_disk_errors",
+                "Writes the spool's disk refused (full, I/O error), by operation",
+                "operation",
+                self.spool.errors.items(),
+            )
+            yield counter(
+                "falco_nats_gateway_spool_damaged",
+                "Damaged spool files and unreadable rows found at start-up and moved aside",
+                self.spool.damaged_items,
+            )
         yield gauge(
             "falco_nats_gateway_dedup_entries", "Alert ids remembered for dedup", len(self.dedup)
         )
@@ -142,20 +187,25 @@ class Gateway:
             1,
             {"version": __version__, "mode": mode},
         )
-        # --- PLACEHOLDERS (operator kit): the supervision work defines this one for real
-        # (task restarts). Zero-valued here so the dashboard and the alert rules have their
-        # series; to be replaced at merge.
-        tasks = CounterMetricFamily(
+        yield labelled_counter(
             "falco_nats_gateway_task_failures",
-            "Long-lived tasks that ended unexpectedly and were restarted",
+            "Unexpected failures of the gateway's long-lived tasks, each followed by a restart",
+            "task",
+            ((t.name, t.failures) for t in self.tasks),
+        )
+        running = GaugeMetricFamily(
+            "falco_nats_gateway_task_up",
+            "1 while the task runs (or finished its job), 0 while it waits to restart",
             labels=["task"],
         )
-        for task in ("http", "publisher", "nats", *(("grpc",) if self.grpc else ())):
-            tasks.add_metric([task], 0)
-        yield tasks
-        # --- end of PLACEHOLDERS
+        for task in self.tasks:
+            running.add_metric([task.name], task.up)
+        yield running
         if self.grpc is not None:
+            # A gRPC task that died would leave its last state behind: connected
+            # only while the task runs too.
             connected = self.grpc.state.state == "connected"
+            connected = connected and self.grpc_task is not None and self.grpc_task.up
             yield gauge(
                 "falco_nats_gateway_grpc_connected",
                 "1 while the Falco gRPC stream is up",
@@ -170,10 +220,19 @@ class Gateway:
                 yield gauge("falco_nats_gateway_falco_info", "Falco's version over gRPC", 1, labels)
 
     def health(self) -> tuple[bool, str]:
+        """/healthz: NATS connected and taking alerts, no task down after a failure;
+        else why not."""
+        down = [
+            f"{t.name} task {t.state} after {t.failures} failures (last: {t.last_error})"
+            for t in self.tasks
+            if not t.up and t.failures
+        ]
         if not self.sink.connected:
-            return False, self.link.status
-        if self.publisher.problem:
-            return False, f"delivery degraded: {self.publisher.problem}"
+            down.insert(0, self.link.status)
+        elif self.publisher.problem:
+            down.insert(0, f"delivery degraded: {self.publisher.problem}")
+        if down:
+            return False, "; ".join(down)
         return True, "ok"
 
     async def run(self) -> None:
@@ -196,47 +255,45 @@ class Gateway:
         # moved out of the collector's sight once.
         gc.collect()
         gc.freeze()
-        await self.link.start()
-        publisher = asyncio.create_task(
-            self.publisher.run(self._drain, s.shutdown_timeout), name="publisher"
-        )
-        intake = [
-            asyncio.create_task(
-                serve_http(
-                    self.app,
-                    s.listen_host,
-                    s.listen_port,
-                    self.stop.wait,
-                    s.shutdown_timeout,
-                    tls=self.http_tls,
-                    health=self.health_bind,
-                    read_timeout=s.http_read_timeout,
-                ),
-                name="http",
-            )
-        ]
-        if self.grpc is not None:
-            intake.append(
-                asyncio.create_task(
-                    self.grpc.run(self.stop, drain_timeout=s.shutdown_timeout), name="grpc"
-                )
-            )
+        connect = asyncio.create_task(self.nats_task.run(), name="nats-connect")
+        publisher = asyncio.create_task(self.publisher_task.run(), name="publisher")
+        intake = [asyncio.create_task(self.http_task.run(), name="http")]
+        if self.grpc_task is not None:
+            intake.append(asyncio.create_task(self.grpc_task.run(), name="grpc"))
         stopper = asyncio.create_task(self.stop.wait())
-        # The HTTP server ending on its own (port taken) or the publisher failing
-        # (stream missing) ends the gateway instead of leaving it half alive.
-        await asyncio.wait({intake[0], publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        # Supervised tasks end before `stop` only on a fatal error (the HTTP port
+        # taken, the stream missing): that ends the gateway, not half of it.
+        await asyncio.wait(
+            {*intake, publisher, connect, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
         self.stop.set()
         stopper.cancel()
         results = await asyncio.gather(*intake, return_exceptions=True)
         self._drain.set()
         self.publisher.notify()
         results.append((await asyncio.gather(publisher, return_exceptions=True))[0])
+        await _cancel(connect)
+        if connect.done():
+            results.append((await asyncio.gather(connect, return_exceptions=True))[0])
         await self.link.close(timeout=s.shutdown_timeout)
         self.spool.close()
         log(logging.INFO, "stopped", LOG, spooled=self.spool.count, **self.telemetry.summary())
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    async def _serve_http(self) -> None:
+        s = self.settings
+        await serve_http(
+            self.app,
+            s.listen_host,
+            s.listen_port,
+            self.stop.wait,
+            s.shutdown_timeout,
+            tls=self.http_tls,
+            health=self.health_bind,
+            read_timeout=s.http_read_timeout,
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -248,3 +305,16 @@ class Gateway:
         if not self.stop.is_set():
             log(logging.INFO, "shutting down", LOG, signal=sig.name)
         self.stop.set()
+
+
+async def _cancel(task: asyncio.Task[None], tries: int = 50) -> None:
+    """Cancel `task` and wait for it, cancelling again if the cancellation was
+    swallowed: nats-py's connect runs asyncio.wait_for, which can turn a
+    cancellation that meets its own timeout into a TimeoutError it then retries.
+    Gives up (the task is left to the loop's end) after `tries` tenths of a second."""
+    for _ in range(tries):
+        if task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    log(logging.WARNING, "task did not stop when cancelled", LOG, task=task.get_name())

@@ -150,8 +150,7 @@ class Settings:
         """Check every value; ConfigError names the first bad key."""
         if not self.nats_servers:
             raise ConfigError("nats_url", "no NATS server given")
-        for server in self.nats_servers:
-            _check_nats_url(server)
+        _check_nats_urls(self.nats_url)
         _split_listen(self.listen)
         if self.falco_grpc:
             _check_grpc_address(self)
@@ -574,18 +573,39 @@ def _split_listen(listen: str, key: str = "listen") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port_text)
 
 
+def _check_nats_urls(nats_url: str) -> None:
+    # nats-py reads each URL with urlparse and does not percent-decode, so user info
+    # holding '/', '?' or '#' would be read as a path, query or fragment (a wrong
+    # host, the password where a host is shown), and the gateway splits the list
+    # at ','. Refused by name, before anything reads them as URLs.
+    for start, end in _userinfo_spans(nats_url):
+        if any(c in nats_url[start:end] for c in "/?#,"):
+            raise ConfigError(
+                "nats_url",
+                f"{redact(nats_url)!r}: the user info holds '/', '?', '#' or ',', which "
+                "a NATS URL cannot carry; set nats_user and nats_password (or nats_token)",
+            )
+    for server in (s.strip() for s in nats_url.split(",")):
+        if server:
+            _check_nats_url(server)
+
+
 def _check_nats_url(server: str) -> None:
-    parts = urlsplit(server if "://" in server else f"nats://{server}")
-    if parts.scheme not in {"nats", "tls", "ws", "wss"}:
-        raise ConfigError(
-            "nats_url", f"{_redact(server)!r}: scheme must be nats://, tls://, ws:// or wss://"
-        )
+    try:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+    except ValueError as exc:
+        # urlsplit's messages ("Invalid IPv6 URL") name no part of the URL.
+        raise ConfigError("nats_url", f"{redact(server)!r} is not a valid URL: {exc}") from None
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ConfigError("nats_url", f"{_redact(server)!r} has an invalid port") from None
+        raise ConfigError("nats_url", f"{redact(server)!r} has an invalid port") from None
+    if parts.scheme not in {"nats", "tls", "ws", "wss"}:
+        raise ConfigError(
+            "nats_url", f"{redact(server)!r}: scheme must be nats://, tls://, ws:// or wss://"
+        )
     if not parts.hostname:
-        raise ConfigError("nats_url", f"{_redact(server)!r} has no host")
+        raise ConfigError("nats_url", f"{redact(server)!r} has no host")
 
 
 def _check_grpc_address(settings: Settings) -> None:
@@ -684,16 +704,51 @@ def _check_stream(settings: Settings) -> None:
             )
 
 
-def _redact(url: str) -> str:
-    """A URL without its password or token, for messages."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    # Split by hand: urlsplit's .port raises on a bad port, and a traceback would
-    # then print the URL whole.
-    _userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    return parts._replace(netloc=f"***@{hostport}").geturl()
+_NEXT_SERVER = re.compile(r",\s*[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _userinfo_spans(url: str) -> list[tuple[int, int]]:
+    """Where the user info of each server in `url` (one URL or a comma-separated
+    list) lies: (start, end) with url[end] its '@'.
+
+    No URL parser is trusted with it: urlsplit ends the user info at the first
+    '/', '?' or '#', and a password may hold those and '@' as well. The user info
+    of a server ends at its last '@'; it starts after the server's '://' (or where
+    the server starts, without a scheme). A server starts at the beginning, or
+    after the first ',' that follows the previous server's '@' (a host holds no
+    ','): an '@' with no ',' since the previous one belongs to the same user info.
+    Where that is ambiguous more is masked, never less.
+    """
+    spans: list[tuple[int, int]] = []
+    boundary = 0  # just after the previous '@'
+    for at, char in enumerate(url):
+        if char != "@":
+            continue
+        window = url[boundary:at]
+        if boundary and "," not in window:
+            spans[-1] = (spans[-1][0], at)  # a password holding '@'
+        elif boundary:
+            server = boundary + window.find(",") + 1
+            scheme = url.find("://", server, at)
+            spans.append((scheme + 3 if scheme >= 0 else server, at))
+        else:
+            # The first '@': its server starts after the last ', scheme://' before it
+            # (a password may hold ',' but hardly that), else at the beginning.
+            starts = [m.end() for m in _NEXT_SERVER.finditer(url, 0, at)]
+            scheme = url.find("://", 0, at)
+            spans.append((starts[-1] if starts else scheme + 3 if scheme >= 0 else 0, at))
+        boundary = at + 1
+    return spans
 
 
 def redact(url: str) -> str:
-    return ",".join(_redact(part.strip()) for part in url.split(","))
+    """`url` (one server or a comma-separated list) with every user info masked as
+    `***`, for messages and logs."""
+    out: list[str] = []
+    done = 0
+    for start, end in _userinfo_spans(url):
+        out.append(url[done:start])
+        out.append("***")
+        done = end
+    out.append(url[done:])
+    return ",".join(part.strip() for part in "".join(out).split(","))

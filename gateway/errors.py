@@ -3,7 +3,8 @@
 GatewayError
 ├── ConfigError       a setting is wrong; the message names the key and the value
 ├── AlertError        an alert cannot be read; carries the HTTP status to answer with
-├── SpoolFull         the spool holds spool_max_bytes already
+├── SpoolFull         the spool cannot take an alert now: refused (HTTP 503, gRPC held back)
+│   └── SpoolDiskError    its disk refused the write (full, I/O error)
 ├── StreamError       the JetStream stream is missing (creation off) or cannot be used
 ├── LinkDown          the connection to NATS is gone; what was not sent is sent again
 └── NatsPyMismatch    the installed nats-py is not the one the gateway knows how to drive
@@ -41,6 +42,15 @@ class AlertError(GatewayError):
 
 class SpoolFull(GatewayError):
     """The spool holds `spool_max_bytes` already; the message says how much."""
+
+
+class SpoolDiskError(SpoolFull):
+    """The spool's disk refused to store an alert (disk full, I/O error).
+
+    A SpoolFull, so every source refuses it as it refuses a full spool (HTTP 503
+    with this message, gRPC holds Falco's stream back) and the pipeline forgets
+    the alert's id: the sender's retry is a new alert, not a duplicate.
+    """
 
 
 class StreamError(GatewayError):

@@ -301,3 +301,10 @@ def gauge(
 
 def counter(name: str, documentation: str, value: float) -> Metric:
     return CounterMetricFamily(name, documentation, value=value)
+
+
+def labelled_counter(
+    name: str, documentation: str, label: str, values: Iterable[tuple[str, float]]
+) -> Metric:
+    """One counter family with a series per value of `label`."""
+    return _counter_family(name, documentation, (label,), (((k,), v) for k, v in values))

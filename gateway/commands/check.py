@@ -16,9 +16,10 @@ import grpc.aio
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 
-from gateway.config import Settings, redact
+from gateway.config import Settings, redact, split_listen
 from gateway.errors import ConfigError
 from gateway.falco_pb import version_pb2, version_pb2_grpc
 from gateway.nats_options import connect_options
@@ -147,7 +148,7 @@ async def check_falco(settings: Settings) -> Result:
     return Result("falco-grpc", True, f"{address}: Falco {version.version}")
 
 
-def check_http(settings: Settings) -> Result:
+async def check_http(settings: Settings) -> Result:
     host, port = settings.listen_host, settings.listen_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -155,8 +156,43 @@ def check_http(settings: Settings) -> Result:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            running = await _running_gateway(settings)
+            if running is not None:
+                return running
             return Result("http", False, f"cannot listen on {settings.listen}: {exc.strerror}")
     return Result("http", True, f"{settings.listen} is free")
+
+
+async def _running_gateway(settings: Settings) -> Result | None:
+    """The port is taken: if by a gateway, what its /healthz says (a task down after
+    a failure, NATS away), so that check run next to a gateway tells its state."""
+    from gateway.simulator.http_client import HttpClient
+
+    if settings.health_listen:
+        host, port = split_listen(settings.health_listen, "health_listen")
+    elif not settings.tls_cert:
+        host, port = settings.listen_host, settings.listen_port
+    else:
+        return None  # HTTPS only and no plain health port to ask
+    host = "127.0.0.1" if host in {"0.0.0.0", ""} else "::1" if host == "::" else host
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        async with HttpClient(f"http://{where}/", timeout=TIMEOUT) as http:
+            answer = await http.get("/healthz")
+    except (OSError, TimeoutError, ValueError):
+        return None
+    try:
+        reason = orjson.loads(answer.body).get("reason", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if answer.status == 200:
+        return Result("http", True, f"{settings.listen} is served by a running gateway, healthy")
+    return Result(
+        "http",
+        False,
+        f"{settings.listen} is served by a running gateway, unhealthy "
+        f"(/healthz {answer.status}): {reason}",
+    )
 
 
 def check_spool(settings: Settings) -> Result:
@@ -169,6 +205,23 @@ def check_spool(settings: Settings) -> Result:
     except ConfigError as exc:
         return Result("spool", False, str(exc))
     try:
+        refused = spool.try_write()
+        if refused:
+            return Result(
+                "spool",
+                False,
+                f"{spool.location}: the disk refuses writes ({refused}); the gateway would "
+                "refuse every alert (HTTP 503)",
+            )
+        if spool.damage:
+            # Repaired by this check (damaged parts kept under spool_dir/damaged); the
+            # gateway starts on what could be read, but someone should know.
+            return Result(
+                "spool",
+                False,
+                f"{spool.location} was damaged: {'; '.join(spool.damage)}; "
+                f"{spool.count} alerts readable and kept",
+            )
         return Result(
             "spool", True, f"{spool.location}: {spool.count} alerts waiting, {spool.bytes} bytes"
         )
@@ -180,7 +233,7 @@ async def run_checks(settings: Settings, out: TextIO = sys.stdout) -> int:
     results = [Result("config", True, "valid")]
     results += await check_nats(settings)
     results.append(await check_falco(settings))
-    results.append(check_http(settings))
+    results.append(await check_http(settings))
     results.append(check_spool(settings))
     for result in results:
         print(f"{'ok' if result.ok else 'FAIL':<5} {result.name:<11} {result.detail}", file=out)

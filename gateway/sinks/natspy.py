@@ -150,7 +150,7 @@ class NatsLink:
 
     async def start(self) -> None:
         """Connect in the background: the gateway accepts (and spools) meanwhile."""
-        self._task = asyncio.create_task(self._keep_connected(), name="nats-connect")
+        self._task = asyncio.create_task(self.keep_connected(), name="nats-connect")
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -242,8 +242,9 @@ class NatsLink:
             log(logging.WARNING, "nats drain incomplete", LOG, error=type(exc).__name__)
             await nc.close()
 
-    async def _keep_connected(self) -> None:
-        """Connect, and connect again whenever nats-py gives a connection up."""
+    async def keep_connected(self) -> None:
+        """Connect, and connect again whenever nats-py gives a connection up; returns
+        once close() was called."""
         retry = Backoff(initial=0.5, maximum=float(max(self._reconnect_wait, 1)) * 5)
         while not self._closing:
             closed = asyncio.Event()
