@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -155,6 +156,10 @@ def run_gateway_for_logs(nats_url: str, fmt: str, tmp_path: Path) -> list[str]:
     try:
         wait_for_port(port, 30)
         socket.create_connection(("127.0.0.1", port)).close()
+        # The HTTP port can answer before NATS is connected: wait for the line too.
+        deadline = time.monotonic() + 30
+        while b"nats connected" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
