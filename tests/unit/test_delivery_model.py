@@ -16,15 +16,19 @@ the gateway stopping. After every step:
 
 It finds planted bugs. With the partial-batch fix reverted (in
 Publisher._send_all, the cursor set to the end of the batch even when a publish
-failed part-way), it fails within seconds; shrunk to:
+failed part-way), `make test`'s run fails, shrunk to:
 
     state = CoreModel()
-    state.fail_publish(after=0)
+    state.fail_publish(after=1)
     state.spool_alerts(count=2, kind='small')
     state.teardown()
-    AssertionError: stuck: 2 alerts still spooled with NATS healthy
+    AssertionError: stuck: 1 alerts still spooled with NATS healthy
 
-Runs 40 examples per mode in `make test`; MODEL_EXAMPLES=2000 for a long run.
+and, in another run, to first publications out of order
+(`assert [0, 2, 1, 3] == [0, 1, 2, 3]`).
+
+Runs 150 examples per mode in `make test` (derandomized: the same ones every run);
+MODEL_EXAMPLES=2000 for a long run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from gateway.errors import LinkDown
 from gateway.sinks.nats import CONFIRM_INTERVAL
 from tests.unit.fake_nats import ClockLoop, build
 
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "150"))
 MAX_PAYLOAD = 2000
 TIMEOUT = 2.0  # publish_timeout
 ACK_OK = None
@@ -187,12 +191,12 @@ class DeliveryModel(RuleBasedStateMachine):
         self.turns()
 
     @precondition(lambda self: self.link.connected)
-    @rule(after=st.integers(0, 5))
+    @rule(after=st.integers(0, 3))
     def break_connection_part_way(self, after: int) -> None:
         self.link.breaks_after = after
 
     @precondition(lambda self: self.link.connected)
-    @rule(after=st.integers(0, 5))
+    @rule(after=st.integers(0, 3))
     def fail_publish(self, after: int) -> None:
         self.link.fails_after = after
 
@@ -200,7 +204,8 @@ class DeliveryModel(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.later(seconds)
 
-    @precondition(lambda self: not self.stopped)
+    # Not before a few alerts went in: a stop ends what a run can still explore.
+    @precondition(lambda self: not self.stopped and len(self.appended) >= 8)
     @rule()
     def stop_gateway(self) -> None:
         self.stopped = True
@@ -280,7 +285,9 @@ class JetStreamModel(DeliveryModel):
     jetstream = True
 
 
-_settings = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None)
+# Derandomized: the same examples on every run, so `make test` is repeatable; a longer
+# MODEL_EXAMPLES run explores further.
+_settings = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None, derandomize=True)
 TestCoreDelivery = CoreModel.TestCase
 TestCoreDelivery.settings = _settings
 TestJetStreamDelivery = JetStreamModel.TestCase
