@@ -1,0 +1,141 @@
+"""What became of every alert a chaos run sent, and the verdict against the stream.
+
+An alert is *expected* in the JetStream stream when Falco would consider it
+delivered: an HTTP POST answered 2xx (`accepted`, or `duplicate` for a retry of
+one already accepted), or a gRPC response the Falco stand-in handed over (popped
+from its queue onto the stream). Refusals (4xx, 503) are deliberate and leave
+the alert out; so does a POST that got no answer at all (Falco drops it too).
+
+One loss is no fault of the gateway: Falco's gRPC API has no acknowledgement,
+so a response already written onto the stream when the gateway is SIGKILLed
+(or when Falco itself dies) is gone with the connection. A lost gRPC alert
+handed over within `transit_window` seconds before such a kill is counted in
+its own column, `in_transit`, not as `lost`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Outcomes of an HTTP alert, set from its last attempt (a timeout is retried).
+ACCEPTED = "accepted"  # 2xx: accepted or duplicate (a retry of an accepted alert)
+REFUSED = "refused"  # 4xx or 503: the gateway said no, with a reason
+ERROR = "error"  # any other status (500...): never a deliberate answer
+DROPPED = "dropped"  # no answer: connection refused or reset (Falco drops it)
+# Outcomes of a gRPC alert.
+QUEUED = "queued"  # still in the Falco stand-in's queue
+HANDED = "handed"  # popped onto the gateway's stream: the gateway has it, as far as Falco knows
+
+
+@dataclass
+class AlertRecord:
+    path: str  # "http" or "grpc"
+    kind: str  # "normal" or "oversize:<bytes>"
+    outcome: str = ""
+    status: int = 0  # last HTTP status
+    handed_at: float | None = None  # monotonic time the stand-in popped it (gRPC)
+
+
+@dataclass(frozen=True)
+class Kill:
+    """A process whose death takes gRPC alerts in transit with it."""
+
+    what: str  # "gateway" or "falco"
+    started: float  # when that incarnation started (monotonic)
+    at: float  # when it was killed (monotonic)
+
+
+@dataclass
+class Ledger:
+    alerts: dict[str, AlertRecord] = field(default_factory=dict)
+    kills: list[Kill] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    def sent(self, alert_id: str, path: str, kind: str = "normal") -> None:
+        self.alerts[alert_id] = AlertRecord(path, kind, QUEUED if path == "grpc" else "")
+
+    def answered(self, alert_id: str, status: int) -> None:
+        record = self.alerts[alert_id]
+        record.status = status
+        self.statuses[status] += 1
+        if 200 <= status < 300:
+            record.outcome = ACCEPTED
+        elif 400 <= status < 500 or status == 503:
+            record.outcome = REFUSED
+        else:
+            record.outcome = ERROR
+
+    def dropped(self, alert_id: str) -> None:
+        self.alerts[alert_id].outcome = DROPPED
+
+    def handed(self, alert_id: str, at: float) -> None:
+        record = self.alerts[alert_id]
+        record.outcome = HANDED
+        record.handed_at = at
+
+    def killed(self, what: str, started: float, at: float) -> None:
+        self.kills.append(Kill(what, started, at))
+
+    def tally(self, stored: Counter[str], transit_window: float) -> Tally:
+        """The verdict, from the Nats-Msg-Id of every message in the stream."""
+        t = Tally()
+        for alert_id, record in self.alerts.items():
+            t.sent[record.path] = t.sent.get(record.path, 0) + 1
+            if record.outcome == REFUSED:
+                t.refused += 1
+            elif record.outcome == ERROR:
+                t.errors += 1
+            elif record.outcome == DROPPED:
+                t.dropped += 1
+            elif record.outcome == QUEUED:
+                t.not_handed += 1
+            if record.outcome not in (ACCEPTED, HANDED):
+                continue
+            t.accepted += 1
+            copies = stored.get(alert_id, 0)
+            if copies:
+                t.stored += 1
+                if copies > 1:
+                    t.duplicated += 1
+                    t.examples.append(f"duplicated x{copies}: {alert_id} {record}")
+            elif self._in_transit(record, transit_window):
+                t.in_transit += 1
+            else:
+                t.lost += 1
+                t.lost_by_path[record.path] = t.lost_by_path.get(record.path, 0) + 1
+                t.examples.append(f"lost: {alert_id} {record}")
+        t.extra = sum(1 for alert_id in stored if alert_id not in self.alerts)
+        t.extra += sum(
+            1
+            for alert_id in stored
+            if alert_id in self.alerts and self.alerts[alert_id].outcome not in (ACCEPTED, HANDED)
+        )
+        return t
+
+    def _in_transit(self, record: AlertRecord, window: float) -> bool:
+        if record.path != "grpc" or record.handed_at is None:
+            return False
+        handed = record.handed_at
+        return any(k.started <= handed <= k.at and k.at - handed <= window for k in self.kills)
+
+
+@dataclass
+class Tally:
+    sent: dict[str, int] = field(default_factory=dict)
+    accepted: int = 0  # expected in the stream: answered 2xx, or handed over by gRPC
+    refused: int = 0
+    errors: int = 0
+    dropped: int = 0
+    not_handed: int = 0
+    stored: int = 0  # expected alerts found in the stream
+    lost: int = 0
+    lost_by_path: dict[str, int] = field(default_factory=dict)
+    in_transit: int = 0
+    duplicated: int = 0
+    extra: int = 0  # in the stream without a 2xx or a hand-over (answer lost at a kill)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
