@@ -8,13 +8,17 @@ the alert out; so does a POST that got no answer at all (Falco drops it too).
 
 One loss is no fault of the gateway: Falco's gRPC API has no acknowledgement,
 so a response already written onto the stream when the gateway is SIGKILLed
-(or when Falco itself dies) is gone with the connection. A lost gRPC alert
-handed over within `transit_window` seconds before such a kill is counted in
-its own column, `in_transit`, not as `lost`.
+(or when Falco itself dies) is gone with the connection. The gateway reads and
+spools the stream in order, so what such a kill takes is exactly the tail of
+the connection: the alerts handed over after the last one of that connection
+that reached the stream. A lost gRPC alert in such a tail is counted in its own
+column, `in_transit`, not as `lost`; one followed by a stored alert of the same
+connection was skipped by the gateway, and is lost.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -77,9 +81,14 @@ class Ledger:
     def killed(self, what: str, started: float, at: float) -> None:
         self.kills.append(Kill(what, started, at))
 
-    def tally(self, stored: Counter[str], transit_window: float) -> Tally:
+    def tally(self, stored: Counter[str]) -> Tally:
         """The verdict, from the Nats-Msg-Id of every message in the stream."""
         t = Tally()
+        handed_stored = sorted(
+            r.handed_at
+            for alert_id, r in self.alerts.items()
+            if r.handed_at is not None and stored.get(alert_id)
+        )
         for alert_id, record in self.alerts.items():
             t.sent[record.path] = t.sent.get(record.path, 0) + 1
             if record.outcome == REFUSED:
@@ -99,8 +108,9 @@ class Ledger:
                 if copies > 1:
                     t.duplicated += 1
                     t.examples.append(f"duplicated x{copies}: {alert_id} {record}")
-            elif self._in_transit(record, transit_window):
+            elif (age := self._in_transit(record, handed_stored)) is not None:
                 t.in_transit += 1
+                t.transit_max_age = max(t.transit_max_age, age)
             else:
                 t.lost += 1
                 t.lost_by_path[record.path] = t.lost_by_path.get(record.path, 0) + 1
@@ -113,11 +123,21 @@ class Ledger:
         )
         return t
 
-    def _in_transit(self, record: AlertRecord, window: float) -> bool:
-        if record.path != "grpc" or record.handed_at is None:
-            return False
+    def _in_transit(self, record: AlertRecord, handed_stored: list[float]) -> float | None:
+        """Seconds between hand-over and the kill that took it, when the alert is in
+        the unread tail of a killed connection; None otherwise."""
         handed = record.handed_at
-        return any(k.started <= handed <= k.at and k.at - handed <= window for k in self.kills)
+        if record.path != "grpc" or handed is None:
+            return None
+        kills = [k for k in self.kills if k.started <= handed <= k.at]
+        if not kills:
+            return None
+        kill = min(kills, key=lambda k: k.at)
+        # A stored alert handed over after this one on the same connection: skipped.
+        later = bisect_right(handed_stored, handed)
+        if later < len(handed_stored) and handed_stored[later] <= kill.at:
+            return None
+        return kill.at - handed
 
 
 @dataclass
@@ -132,6 +152,9 @@ class Tally:
     lost: int = 0
     lost_by_path: dict[str, int] = field(default_factory=dict)
     in_transit: int = 0
+    transit_max_age: float = (
+        0.0  # the longest an in-transit alert was on the stream before the kill
+    )
     duplicated: int = 0
     extra: int = 0  # in the stream without a 2xx or a hand-over (answer lost at a kill)
     examples: list[str] = field(default_factory=list)

@@ -10,11 +10,11 @@ queue; the ledger learns the moment each one is popped onto a client's stream.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import random
 import time
 from dataclasses import replace
+from typing import Any
 
 from gateway.event import FalcoEvent
 from gateway.falco_pb import outputs_pb2
@@ -53,26 +53,21 @@ class TrackedQueue(AlertQueue):
     def __init__(self, ledger: Ledger) -> None:
         super().__init__()
         self.ledger = ledger
-        self._ids: collections.deque[str | None] = collections.deque()
-        self._next: str | None = None
+        # Keyed by object identity: a queued item stays alive, so its id is unique
+        # among those queued. Items pushed otherwise (emit_raw's bytes) are not tracked.
+        self._ids: dict[int, str] = {}
 
     def push_alert(self, response: outputs_pb2.response, alert_id: str) -> None:
-        self._next = alert_id
+        self._ids[id(response)] = alert_id
         self.push(response)
 
-    def push(self, response: outputs_pb2.response) -> None:
-        # Anything pushed another way (emit_raw's bad messages) is not tracked.
-        super().push(response)
-        self._ids.append(self._next)
-        self._next = None
-
-    def pop(self) -> outputs_pb2.response | None:
-        response = super().pop()
-        if response is not None:
-            alert_id = self._ids.popleft()
+    def pop(self) -> Any:  # the item type: messages, and raw bytes where emit_raw exists
+        item = super().pop()
+        if item is not None:
+            alert_id = self._ids.pop(id(item), None)
             if alert_id is not None:
                 self.ledger.handed(alert_id, time.monotonic())
-        return response
+        return item
 
 
 class Falco:

@@ -62,9 +62,9 @@ def table(results: list[RunResult]) -> str:
         "faults: "
         + ", ".join(f"{short}={kind}" for kind, short in _SHORT.items())
         + ". accepted: answered 2xx or handed over on the gRPC stream; in transit: gRPC"
-        " alerts Falco had written onto the stream when the gateway (or Falco) was"
-        " killed, lost because Falco's gRPC API has no ack; dropped: no answer (Falco"
-        " drops those too)."
+        " alerts Falco had written onto the stream after the last one the gateway"
+        " stored when it (or Falco) was killed: Falco's gRPC API has no ack; dropped:"
+        " no answer (Falco drops those too)."
     )
     return "\n".join(lines)
 
@@ -81,6 +81,9 @@ def details(result: RunResult) -> str:
         "answers lost at a kill, or bad gRPC messages published); "
         f"5xx other than 503: {t.errors}; left in Falco's queue: {t.not_handed}",
         f"  HTTP statuses: {dict(sorted(result.statuses.items()))}",
+        f"  gRPC in transit at a kill (no ack in Falco's API): {t.in_transit}, handed over "
+        f"at most {t.transit_max_age:.2f}s before the kill; gateway kills "
+        f"{result.injected['gateway-kill']}, Falco restarts {result.injected['falco-restart']}",
     ]
     lines += [f"  not injected: {kind}: {why}" for kind, why in result.skipped.items()]
     lines += [f"  note: {n}" for n in sorted(set(result.notes))]

@@ -32,7 +32,6 @@ class RunOptions:
     rate: float = 40.0  # alerts a second on each path
     drain_bound: float = 60.0  # seconds the backlog may take to drain once faults stop
     rss_bound_mib: float = 512.0
-    transit_window: float = 2.0  # seconds before a kill a handed-over gRPC alert is in transit
 
 
 @dataclass
@@ -124,7 +123,7 @@ async def run_once(options: RunOptions) -> RunResult:
         ids = await stream_ids(nats.url, STREAM, ledger_expected(ledger), timeout=60)
         stored = Counter(ids)
         result.stored_messages = len(ids)
-        result.tally = ledger.tally(stored, options.transit_window)
+        result.tally = ledger.tally(stored)
     finally:
         with contextlib.suppress(Exception):
             await gateway.terminate(10)

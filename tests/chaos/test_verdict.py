@@ -40,24 +40,35 @@ def test_ledger_counts_lost_duplicated_refused_and_extra() -> None:
     ledger.answered("c", 503)
     ledger.dropped("d")
     ledger.sent("g", "grpc")  # never handed over: left in Falco's queue
-    tally = ledger.tally(Counter({"a": 2, "d": 1, "zz": 1}), transit_window=2)
+    tally = ledger.tally(Counter({"a": 2, "d": 1, "zz": 1}))
     assert (tally.accepted, tally.stored, tally.lost, tally.duplicated) == (2, 1, 1, 1)
     assert tally.lost_by_path == {"http": 1}
     assert (tally.refused, tally.dropped, tally.not_handed) == (1, 1, 1)
     assert tally.extra == 2  # "d" had no answer, "zz" was never sent
 
 
-def test_a_grpc_alert_lost_just_before_a_kill_is_in_transit_not_lost() -> None:
+def test_only_the_unread_tail_of_a_killed_connection_is_in_transit() -> None:
     ledger = Ledger()
-    for alert_id in ("early", "late", "after", "stored"):
+    for alert_id in ("skipped", "stored", "tail-1", "tail-2", "next-gateway", "no-kill"):
         ledger.sent(alert_id, "grpc")
-    ledger.handed("early", 10.0)  # 5 s before the kill: the gateway had time to spool it
-    ledger.handed("late", 14.5)  # on the stream when the gateway was killed
-    ledger.handed("after", 16.0)  # handed to the next gateway, which must have it
-    ledger.handed("stored", 14.9)
+    ledger.handed("skipped", 10.0)  # a later alert of the same connection is stored: skipped
+    ledger.handed("stored", 11.0)
+    ledger.handed("tail-1", 14.0)  # on the stream, unread, when the gateway was killed
+    ledger.handed("tail-2", 14.5)
     ledger.killed("gateway", started=1.0, at=15.0)
-    tally = ledger.tally(Counter({"stored": 1}), transit_window=2)
-    assert (tally.in_transit, tally.lost, tally.stored) == (1, 2, 1)
+    ledger.handed("next-gateway", 17.0)  # handed to the next gateway, which must have it
+    ledger.handed("no-kill", 30.0)
+    tally = ledger.tally(Counter({"stored": 1}))
+    assert (tally.in_transit, tally.lost, tally.stored) == (2, 3, 1)
+    assert tally.transit_max_age == 1.0
+
+
+def test_a_falco_kill_also_takes_its_unread_tail() -> None:
+    ledger = Ledger()
+    ledger.sent("t", "grpc")
+    ledger.handed("t", 5.0)
+    ledger.killed("falco", started=0.0, at=5.1)
+    assert ledger.tally(Counter()).in_transit == 1
 
 
 def test_an_http_alert_is_never_in_transit() -> None:
@@ -65,4 +76,4 @@ def test_an_http_alert_is_never_in_transit() -> None:
     ledger.sent("h", "http")
     ledger.answered("h", 200)
     ledger.killed("gateway", started=0.0, at=1e12)
-    assert ledger.tally(Counter(), transit_window=1e12).lost == 1
+    assert ledger.tally(Counter()).lost == 1
