@@ -63,6 +63,7 @@ async def _gateway_kill(fault: Fault, rig: Rig, rng: random.Random) -> None:
     await rig.gateway.kill(rig.ledger)
     await asyncio.sleep(fault.hold)
     await rig.gateway.start()
+    rig.ledger.restarted("gateway", rig.gateway.started)
 
 
 async def _disk_full(fault: Fault, rig: Rig, rng: random.Random) -> None:
@@ -79,6 +80,7 @@ async def _falco_restart(fault: Fault, rig: Rig, rng: random.Random) -> None:
     await rig.falco.kill()
     await asyncio.sleep(fault.hold)
     await rig.falco.start()
+    rig.ledger.restarted("falco", rig.falco.started)
 
 
 async def _oversize(fault: Fault, rig: Rig, rng: random.Random) -> None:

@@ -11,9 +11,12 @@ so a response already written onto the stream when the gateway is SIGKILLed
 (or when Falco itself dies) is gone with the connection. The gateway reads and
 spools the stream in order, so what such a kill takes is exactly the tail of
 the connection: the alerts handed over after the last one of that connection
-that reached the stream. A lost gRPC alert in such a tail is counted in its own
-column, `in_transit`, not as `lost`; one followed by a stored alert of the same
-connection was skipped by the gateway, and is lost.
+that reached the stream, up to the restart of the killed process (until the
+stand-in notices the peer is gone it still writes onto the dead connection, as
+Falco does; only the gateway pops the queue, so nothing handed over before the
+restart went anywhere else). A lost gRPC alert in such a tail is counted in its
+own column, `in_transit`, not as `lost`; one followed by a stored alert of the
+same connection was skipped by the gateway, and is lost.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ class AlertRecord:
     handed_at: float | None = None  # monotonic time the stand-in popped it (gRPC)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Kill:
     """A process whose death takes gRPC alerts in transit with it."""
 
     what: str  # "gateway" or "falco"
     started: float  # when that incarnation started (monotonic)
     at: float  # when it was killed (monotonic)
+    restarted: float = float("inf")  # when the next incarnation started
 
 
 @dataclass
@@ -81,6 +85,12 @@ class Ledger:
     def killed(self, what: str, started: float, at: float) -> None:
         self.kills.append(Kill(what, started, at))
 
+    def restarted(self, what: str, at: float) -> None:
+        for kill in reversed(self.kills):
+            if kill.what == what:
+                kill.restarted = min(kill.restarted, at)
+                return
+
     def tally(self, stored: Counter[str]) -> Tally:
         """The verdict, from the Nats-Msg-Id of every message in the stream."""
         t = Tally()
@@ -108,9 +118,10 @@ class Ledger:
                 if copies > 1:
                     t.duplicated += 1
                     t.examples.append(f"duplicated x{copies}: {alert_id} {record}")
-            elif (age := self._in_transit(record, handed_stored)) is not None:
+            elif (offset := self._in_transit(record, handed_stored)) is not None:
                 t.in_transit += 1
-                t.transit_max_age = max(t.transit_max_age, age)
+                t.in_transit_after_kill += offset > 0
+                t.transit_span = (min(t.transit_span[0], offset), max(t.transit_span[1], offset))
             else:
                 t.lost += 1
                 t.lost_by_path[record.path] = t.lost_by_path.get(record.path, 0) + 1
@@ -124,20 +135,20 @@ class Ledger:
         return t
 
     def _in_transit(self, record: AlertRecord, handed_stored: list[float]) -> float | None:
-        """Seconds between hand-over and the kill that took it, when the alert is in
-        the unread tail of a killed connection; None otherwise."""
+        """Seconds from the kill that took it to the hand-over (negative: before the
+        kill), when the alert is in the unread tail of a killed connection; else None."""
         handed = record.handed_at
         if record.path != "grpc" or handed is None:
             return None
-        kills = [k for k in self.kills if k.started <= handed <= k.at]
+        kills = [k for k in self.kills if k.started <= handed < k.restarted]
         if not kills:
             return None
         kill = min(kills, key=lambda k: k.at)
         # A stored alert handed over after this one on the same connection: skipped.
         later = bisect_right(handed_stored, handed)
-        if later < len(handed_stored) and handed_stored[later] <= kill.at:
+        if later < len(handed_stored) and handed_stored[later] < kill.restarted:
             return None
-        return kill.at - handed
+        return handed - kill.at
 
 
 @dataclass
@@ -152,9 +163,12 @@ class Tally:
     lost: int = 0
     lost_by_path: dict[str, int] = field(default_factory=dict)
     in_transit: int = 0
-    transit_max_age: float = (
-        0.0  # the longest an in-transit alert was on the stream before the kill
-    )
+    # Of those, handed over after the kill: written onto a connection whose peer was
+    # already dead (the stand-in, grpc.aio, goes on popping until it notices; Falco's
+    # C++ server stops at the first failed write).
+    in_transit_after_kill: int = 0
+    # Earliest and latest hand-over of an in-transit alert, in seconds from its kill.
+    transit_span: tuple[float, float] = (float("inf"), float("-inf"))
     duplicated: int = 0
     extra: int = 0  # in the stream without a 2xx or a hand-over (answer lost at a kill)
     examples: list[str] = field(default_factory=list)

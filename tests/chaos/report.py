@@ -81,9 +81,15 @@ def details(result: RunResult) -> str:
         "answers lost at a kill, or bad gRPC messages published); "
         f"5xx other than 503: {t.errors}; left in Falco's queue: {t.not_handed}",
         f"  HTTP statuses: {dict(sorted(result.statuses.items()))}",
-        f"  gRPC in transit at a kill (no ack in Falco's API): {t.in_transit}, handed over "
-        f"at most {t.transit_max_age:.2f}s before the kill; gateway kills "
-        f"{result.injected['gateway-kill']}, Falco restarts {result.injected['falco-restart']}",
+        f"  gRPC in transit at a kill (no ack in Falco's API): {t.in_transit}"
+        + (
+            f" ({t.in_transit_after_kill} handed over after the kill, onto the dead connection)"
+            f", handed over {t.transit_span[0]:+.3f}s to {t.transit_span[1]:+.3f}s from the kill"
+            if t.in_transit
+            else ""
+        )
+        + f"; gateway kills {result.injected['gateway-kill']}, "
+        f"Falco restarts {result.injected['falco-restart']}",
     ]
     lines += [f"  not injected: {kind}: {why}" for kind, why in result.skipped.items()]
     lines += [f"  note: {n}" for n in sorted(set(result.notes))]

@@ -49,18 +49,22 @@ def test_ledger_counts_lost_duplicated_refused_and_extra() -> None:
 
 def test_only_the_unread_tail_of_a_killed_connection_is_in_transit() -> None:
     ledger = Ledger()
-    for alert_id in ("skipped", "stored", "tail-1", "tail-2", "next-gateway", "no-kill"):
+    names = ("skipped", "stored", "tail-1", "tail-2", "dead-peer", "next-gateway", "no-kill")
+    for alert_id in names:
         ledger.sent(alert_id, "grpc")
     ledger.handed("skipped", 10.0)  # a later alert of the same connection is stored: skipped
     ledger.handed("stored", 11.0)
     ledger.handed("tail-1", 14.0)  # on the stream, unread, when the gateway was killed
     ledger.handed("tail-2", 14.5)
     ledger.killed("gateway", started=1.0, at=15.0)
+    ledger.handed("dead-peer", 15.5)  # written onto the dead connection before Falco noticed
+    ledger.restarted("gateway", at=16.0)
     ledger.handed("next-gateway", 17.0)  # handed to the next gateway, which must have it
     ledger.handed("no-kill", 30.0)
     tally = ledger.tally(Counter({"stored": 1}))
-    assert (tally.in_transit, tally.lost, tally.stored) == (2, 3, 1)
-    assert tally.transit_max_age == 1.0
+    assert (tally.in_transit, tally.lost, tally.stored) == (3, 3, 1)
+    assert tally.transit_span == (-1.0, 0.5)
+    assert tally.in_transit_after_kill == 1
 
 
 def test_a_falco_kill_also_takes_its_unread_tail() -> None:
