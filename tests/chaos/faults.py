@@ -67,13 +67,20 @@ async def _gateway_kill(fault: Fault, rig: Rig, rng: random.Random) -> None:
 
 
 async def _disk_full(fault: Fault, rig: Rig, rng: random.Random) -> None:
+    """The spool's disk full; every other time with NATS down as well, so the spool
+    must grow (with NATS up, SQLite often reuses its WAL's space and never notices)."""
     disk = rig.disk
     assert disk is not None, "disk-full runs only with the spool on its own tmpfs"
+    nats_down = rng.random() < 0.5
+    if nats_down:
+        await rig.nats.kill()
     await asyncio.to_thread(disk.fill)
     try:
         await asyncio.sleep(fault.hold)
     finally:
         disk.free()
+        if nats_down:
+            await rig.nats.start()
 
 
 async def _falco_restart(fault: Fault, rig: Rig, rng: random.Random) -> None:
