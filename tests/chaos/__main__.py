@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             rss_bound_mib=args.rss_bound_mib,
         )
         print(f"seed {seed}: {args.minutes:g} min of {','.join(args.kinds)}", flush=True)
-        result = asyncio.run(run_once(options))
+        try:
+            result = asyncio.run(run_once(options))
+        except Exception as exc:  # one seed's broken run must not hide the others' results
+            result = RunResult(options, schedule=[])
+            result.error = f"{type(exc).__name__}: {exc}"
         results.append(result)
         print(details(result), flush=True)
     print()

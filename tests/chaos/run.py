@@ -50,11 +50,12 @@ class RunResult:
     statuses: Counter[int] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    error: str = ""  # the run itself broke off (set by the caller)
 
     @property
     def failures(self) -> list[str]:
         t, o = self.tally, self.options
-        found = []
+        found = [f"the run broke off: {self.error}"] if self.error else []
         if t.lost:
             by_path = ", ".join(f"{p} {n}" for p, n in sorted(t.lost_by_path.items()))
             found.append(f"{t.lost} accepted alert(s) not in the stream ({by_path})")
