@@ -10,8 +10,11 @@ IMAGE ?= falco-nats-gateway
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 
 BENCH_ARGS ?=
+# 3 random seeds, 5 minutes each, every fault kind this tree can inject;
+# CHAOS_ARGS="--seed N --minutes M --faults a,b" reruns one exactly.
+CHAOS_ARGS ?= --seeds 3 --minutes 5
 
-.PHONY: help venv proto demo test lint unit k8s operator dashboard-png image bench clean
+.PHONY: help venv proto demo test lint unit k8s operator dashboard-png image bench chaos clean
 
 help:
 	@echo "make demo    the whole pipeline on this machine: nats-server, gateway, Falco simulator"
@@ -19,6 +22,7 @@ help:
 	@echo "make lint    ruff and mypy (strict on hand-written code)"
 	@echo "make proto   regenerate gateway/falco_pb/ from proto/"
 	@echo "make bench   the benchmark: ceilings, the gateway, ratios (a few minutes)"
+	@echo "make chaos   fault injection: NATS, gateway and Falco killed, full disk... (15 minutes)"
 	@echo "make k8s     check the chart, values files, Dockerfile and demo script (no cluster)"
 	@echo "make operator  alert rules (promtool) and dashboard queries against a real Prometheus"
 	@echo "make dashboard-png  docs/dashboard.png from the Prometheus test's data"
@@ -59,6 +63,11 @@ unit: $(PROTO_OUT)
 # (BENCH_ARGS="--scale 0.5" for a shorter run; see the README's Performance section).
 bench: $(PROTO_OUT)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The fault-injection suite: the real gateway under Falco-shaped load while a seeded
+# schedule injects faults; a table, and a rerun command for each failing seed.
+chaos: $(PROTO_OUT)
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 k8s: $(PROTO_OUT)
 	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
