@@ -16,7 +16,8 @@ SEED = int(os.environ.get("CHAOS_SEED", "20261202"))
 
 
 async def test_short_seeded_run_loses_nothing(tmp_path: Path) -> None:
-    options = RunOptions(seed=SEED, duration=30, kinds=SHORT_RUN_FAULTS, workdir=tmp_path, rate=25)
+    # Long enough for each kind once (the schedule draws each selected kind first).
+    options = RunOptions(seed=SEED, duration=60, kinds=SHORT_RUN_FAULTS, workdir=tmp_path, rate=25)
     result = await run_once(options)
     report = f"{details(result)}\n{table([result])}\nrerun: {rerun_command(result)}"
     print(report)
