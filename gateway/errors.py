@@ -8,6 +8,13 @@ GatewayError
 ├── StreamError       the JetStream stream is missing (creation off) or cannot be used
 ├── LinkDown          the connection to NATS is gone; what was not sent is sent again
 └── NatsPyMismatch    the installed nats-py is not the one the gateway knows how to drive
+
+Not here, because they never leave the module that raises them: `Refused` and
+`AckProblem` (gateway.sinks.nats: NATS will never take an alert; why JetStream
+did not store one), `StreamCheckFailed` (gateway.sinks.stream: a passing
+problem, asked again later) and the private `_Disconnected`, `_Corrupt`,
+`_TooDeep` and `_NeverRaised` of the HTTP source, the gRPC wire reader, the
+normalizer and the spool.
 """
 
 from __future__ import annotations

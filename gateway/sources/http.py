@@ -46,7 +46,7 @@ from gateway.normalize import (
     replace_bad_utf8,
     self_test_event,
 )
-from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
+from gateway.pipeline import Accepted, Duplicate, IngestPath, Pipeline
 from gateway.sources.deadlines import ReadDeadlines
 from gateway.sources.unexpected import UnexpectedErrors
 
@@ -545,7 +545,7 @@ def _busy(limit: int) -> Answer:
     )
 
 
-def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Answer:
+def _submit(pipeline: Pipeline, event: FalcoEvent, path: IngestPath) -> Answer:
     try:
         outcome = pipeline.accept(event, path)
     except SpoolFull as exc:
