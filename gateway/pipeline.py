@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from gateway.dedup import DedupWindow
-from gateway.errors import SpoolFull
+from gateway.errors import RejectionKind, SpoolFull
 from gateway.event import FalcoEvent, Priority
 from gateway.logs import OncePer, StateLog, log
 from gateway.payload import NO_STAMP, Stamp, falcosidekick_json
@@ -136,7 +136,7 @@ class Pipeline:
             ),
         )
 
-    def rejected(self, path: IngestPath, kind: str) -> None:
+    def rejected(self, path: IngestPath, kind: RejectionKind) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""
         self.telemetry.rejected(path, kind)
 

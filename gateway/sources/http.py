@@ -188,8 +188,8 @@ class AlertIntake:
         # gRPC path), and the alert goes out rather than being lost.
         try:
             event = from_http_body(replace_bad_utf8(body), content_type, self.limits)
-        except AlertError as exc:
-            raise not_utf8 if exc.kind == "malformed_json" else exc from None
+        except AlertError as again:
+            raise not_utf8 if again.kind == "malformed_json" else again from None
         self.pipeline.repaired("http", event)
         return event
 
