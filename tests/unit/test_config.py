@@ -1,3 +1,5 @@
+"""Settings: precedence of sources, falcosidekick's names, the typed table's checks and ranges."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,3 +1,5 @@
+"""The normalizer: Falco's HTTP JSON and gRPC forms to one FalcoEvent, and what it refuses."""
+
 from __future__ import annotations
 
 from pathlib import Path

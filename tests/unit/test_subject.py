@@ -1,3 +1,5 @@
+"""Subject templates: falcosidekick's slugs, placeholders, and the templates refused."""
+
 from __future__ import annotations
 
 import re
