@@ -49,7 +49,7 @@ class About:
     low: float | None = None
     high: float | None = None
     unit: str = ""  # in messages about the range: "seconds", "bytes"
-    note: str = ""  # said when a value is below the range: what its low end means
+    note: str = ""  # added to an out-of-range message: what the low end means
 
     def out_of_range(self, value: float) -> str | None:
         """Why `value` is outside the range, or None."""
