@@ -1,4 +1,4 @@
-"""Capped exponential backoff with full jitter, for every reconnect loop."""
+"""Capped exponential backoff with equal jitter, for every reconnect and restart loop."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ class Backoff:
         """Seconds to wait before the next attempt: random in [ceiling/2, ceiling]."""
         ceiling = min(self.maximum, self.initial * self.factor**self._attempt)
         self._attempt += 1
-        # Half fixed, half random: spreads many gateways apart after a NATS or
-        # Falco restart without ever retrying at once.
+        # Equal jitter (half fixed, half random), not full jitter (all random):
+        # spreads many gateways apart after a NATS or Falco restart, and never
+        # retries at once, as full jitter's zero delay would.
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
     def reset(self) -> None:

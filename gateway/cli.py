@@ -36,57 +36,6 @@ other commands:
 """
 
 
-_METAVARS = {
-    "nats_url": "URL[,URL...]",
-    "listen": "HOST:PORT",
-    "falco_grpc": "ADDRESS",
-    "grpc_poll_interval": "SECONDS",
-    "grpc_client_cert": "FILE",
-    "grpc_client_key": "FILE",
-    "grpc_ca_cert": "FILE",
-    "subject_template": "TEMPLATE",
-    "minimum_priority": "PRIORITY",
-    "max_body_bytes": "BYTES",
-    "shutdown_timeout": "SECONDS",
-    "jetstream": "BOOL",
-    "stream_create": "BOOL",
-    "stream_subjects": "SUBJECTS",
-    "stream_max_age": "SECONDS",
-    "dedup_window": "SECONDS",
-    "dedup_max_entries": "N",
-    "spool_dir": "DIR",
-    "spool_max_bytes": "BYTES",
-    "spool_max_age": "SECONDS",
-    "spool_sync": "normal|full",
-    "publish_batch": "N",
-    "publish_timeout": "SECONDS",
-    "tls_cert": "FILE",
-    "tls_key": "FILE",
-    "tls_client_ca": "FILE",
-    "http_user": "USER",
-    "http_password": "PASSWORD",
-    "http_password_file": "FILE",
-    "health_listen": "HOST:PORT",
-    "http_read_timeout": "SECONDS",
-    "http_max_in_flight": "N",
-    "max_output_fields": "N",
-    "max_field_bytes": "BYTES",
-    "grpc_max_message_bytes": "BYTES",
-    "nats_ca": "FILE",
-    "nats_cert": "FILE",
-    "nats_key": "FILE",
-    "nats_token": "TOKEN",
-    "nats_token_file": "FILE",
-    "nats_user": "USER",
-    "nats_password": "PASSWORD",
-    "nats_password_file": "FILE",
-    "nats_nkey_seed": "FILE",
-    "nats_creds": "FILE",
-    "custom_fields": "KEY:VALUE[,...]",
-    "custom_tags": "TAG[,...]",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falco-nats-gateway",
@@ -100,20 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     defaults = config.Settings()
-    for key, text in config.HELP.items():
+    for key, about in config.SETTINGS.items():
         default = getattr(defaults, key)
         is_bool = isinstance(default, bool)
+        bounds = "" if about.low is None and about.high is None else f"; {_bounds(about)}"
         parser.add_argument(
             "--" + key.replace("_", "-"),
             dest=key,
             # A bare `--jetstream` means true; `--jetstream false` also works.
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
-            metavar=_METAVARS.get(key, key.split("_")[-1].upper()),
+            metavar=config.metavar(key),
             # argparse formats help with %: a literal one (custom_fields' %VAR) is doubled.
-            help=f"{text} (default: {default!r}; env {config.env_name(key)})".replace("%", "%%"),
+            help=f"{about.help} (default: {default!r}{bounds}; env {config.env_name(key)})".replace(
+                "%", "%%"
+            ),
         )
     return parser
+
+
+def _bounds(about: config.About) -> str:
+    if about.high is None:
+        return f"at least {about.low}"
+    if about.low is None:
+        return f"at most {about.high}"
+    return f"{about.low} to {about.high}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +125,7 @@ def _serve(settings: config.Settings) -> int:
 
 
 def _settings(args: argparse.Namespace) -> config.Settings | None:
-    flags = {k: v for k, v in vars(args).items() if k in config.HELP}
+    flags = {k: v for k, v in vars(args).items() if k in config.SETTINGS}
     try:
         return config.load(flags, args.config)
     except ConfigError as exc:
@@ -184,7 +144,7 @@ def _tail(argv: list[str]) -> int:
         "--config", metavar="FILE", help="YAML file of settings (for the NATS options)"
     )
     parser.add_argument(
-        "--nats-url", dest="nats_url", metavar="URL[,URL...]", help=config.HELP["nats_url"]
+        "--nats-url", dest="nats_url", metavar="URL[,URL...]", help=config.SETTINGS["nats_url"].help
     )
     tail.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,5 +1,10 @@
 """Settings: one table of keys, read from defaults, a YAML file, the environment and flags.
 
+`Settings` is the table: each field is a key, with its type (a `Literal` where
+the values are a closed set), default, help text, metavar and allowed range
+(`About`, in the field's metadata). The command line, the range checks and the
+conversions are all made from it.
+
 Later sources win: defaults < `--config FILE` < falcosidekick's environment
 names < `GATEWAY_*` variables < command-line flags. Every key has the same
 name everywhere: `nats_url` in YAML, `GATEWAY_NATS_URL` in the environment,
@@ -13,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
@@ -25,6 +30,59 @@ ENV_PREFIX = "GATEWAY_"
 # read (up to LARGE_BODIES_AT_ONCE of them past 1 MiB, see sources/http.py).
 MAX_BODY_BYTES_CAP = 64 * 1024 * 1024
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["logfmt", "json"]
+SpoolSync = Literal["normal", "full"]
+StreamStorage = Literal["file", "memory"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class About:
+    """What the table says of one setting besides its type and default."""
+
+    help: str
+    # The flag's placeholder in --help; a closed set of values shows them (a|b).
+    metavar: str = ""
+    # Inclusive bounds of a number; None: unbounded on that side.
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""  # in messages about the range: "seconds", "bytes"
+    note: str = ""  # added to an out-of-range message: what the low end means
+
+    def out_of_range(self, value: float) -> str | None:
+        """Why `value` is outside the range, or None."""
+        low, high = self.low, self.high
+        if (low is None or value >= low) and (high is None or value <= high):
+            return None
+        unit = f" {self.unit}" if self.unit else ""
+        note = f" ({self.note})" if self.note else ""
+        if high is not None:
+            return f"{value} is not within {low}..{high}{unit}{note}"
+        if low == 0:
+            return f"must not be negative{note}"
+        return f"{value} is below {low}{unit}{note}"
+
+
+def setting(
+    default: _T,
+    help: str,
+    metavar: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    unit: str = "",
+    note: str = "",
+    secret: bool = False,
+) -> _T:
+    """A field of `Settings`. A secret is kept out of repr(), so a settings object in
+    a log or a traceback shows no password."""
+    about = About(help, metavar, low, high, unit, note)
+    made: _T = field(default=default, repr=not secret, metadata={"about": about})
+    return made
+
+
 # Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT... for every Service;
 # a Service named "gateway" would otherwise look like unknown settings.
 _K8S_SERVICE_ENV = re.compile(
@@ -34,68 +92,219 @@ _K8S_SERVICE_ENV = re.compile(
 
 @dataclass(frozen=True)
 class Settings:
-    nats_url: str = "nats://127.0.0.1:4222"
-    listen: str = "0.0.0.0:2801"
-    falco_grpc: str = ""
-    grpc_poll_interval: float = 0.1
-    grpc_client_cert: str = ""
-    grpc_client_key: str = ""
-    grpc_ca_cert: str = ""
-    grpc_server_name: str = ""
-    subject_template: str = "falco.<priority>.<rule>"
-    minimum_priority: str = "debug"
+    """Every setting, with its default, help text, metavar and allowed range (`About`)."""
+
+    nats_url: str = setting(
+        "nats://127.0.0.1:4222",
+        "NATS server URL; comma-separate several for a cluster",
+        "URL[,URL...]",
+    )
+    listen: str = setting(
+        "0.0.0.0:2801", "HOST:PORT of the HTTP listener for Falco's http_output", "HOST:PORT"
+    )
+    falco_grpc: str = setting(
+        "",
+        "Falco gRPC address (unix:///run/falco/falco.sock or HOST:PORT); empty: gRPC off",
+        "ADDRESS",
+    )
+    grpc_poll_interval: float = setting(
+        0.1,
+        "seconds between the empty requests that keep Falco's sub stream flowing",
+        "SECONDS",
+        low=0.001,
+        high=10,
+        unit="seconds",
+    )
+    grpc_client_cert: str = setting(
+        "", "client certificate (PEM) for Falco gRPC over TCP (mutual TLS)", "FILE"
+    )
+    grpc_client_key: str = setting("", "client private key (PEM) for Falco gRPC over TCP", "FILE")
+    grpc_ca_cert: str = setting(
+        "", "CA certificate (PEM) that signed Falco's gRPC server certificate", "FILE"
+    )
+    grpc_server_name: str = setting(
+        "", "expected name in Falco's server certificate, if not the host"
+    )
+    subject_template: str = setting(
+        "falco.<priority>.<rule>",
+        "NATS subject; placeholders <priority>, <rule>, <source>, <hostname>",
+        "TEMPLATE",
+    )
+    minimum_priority: str = setting(
+        "debug", "drop alerts below this priority (debug keeps all; 'info' works)", "PRIORITY"
+    )
     # Falco drops what it is refused: an over-long alert is taken and shortened
     # (max_field_bytes, then NATS's max_payload), not answered 413.
-    max_body_bytes: int = 16 * 1024 * 1024
-    shutdown_timeout: float = 10.0
-    log_level: str = "info"
-    jetstream: bool = False
-    stream_name: str = "FALCO"
-    stream_subjects: str = "falco.>"
-    stream_create: bool = False
-    stream_storage: str = "file"
-    stream_replicas: int = 1
-    stream_max_age: float = 0.0
-    dedup_window: float = 120.0
-    dedup_max_entries: int = 250_000
-    spool_dir: str = ""
-    spool_max_bytes: int = 128 * 1024 * 1024
-    spool_max_age: float = 0.0
-    spool_sync: str = "normal"
-    publish_batch: int = 256
-    publish_timeout: float = 5.0
-    log_format: str = "logfmt"
-    metrics_rule_labels: bool = False
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024,
+        "largest accepted HTTP request body, in bytes",
+        "BYTES",
+        low=1024,
+        high=MAX_BODY_BYTES_CAP,
+        unit="bytes",
+    )
+    shutdown_timeout: float = setting(
+        10.0, "seconds to finish in-flight alerts and drain NATS on SIGTERM", "SECONDS", low=0
+    )
+    log_level: LogLevel = setting("info", "the least severe log level written")
+    jetstream: bool = setting(
+        False, "publish to JetStream and wait for its acks (core NATS otherwise)", "BOOL"
+    )
+    stream_name: str = setting("FALCO", "JetStream stream the alerts must land in")
+    stream_subjects: str = setting(
+        "falco.>",
+        "subjects of the stream, comma-separated (when the gateway creates it)",
+        "SUBJECTS",
+    )
+    stream_create: bool = setting(
+        False, "create the stream if missing, and update it to these settings", "BOOL"
+    )
+    stream_storage: StreamStorage = setting(
+        "file", "where the stream keeps alerts (when the gateway creates the stream)"
+    )
+    stream_replicas: int = setting(
+        1, "stream replicas (when the gateway creates the stream)", low=1, high=5
+    )
+    stream_max_age: float = setting(
+        0.0,
+        "seconds the stream keeps an alert, 0: no limit (if the gateway creates it)",
+        "SECONDS",
+        low=0,
+        note="0: no limit",
+    )
+    dedup_window: float = setting(
+        120.0,
+        "seconds within which the second copy of an alert (gRPC and HTTP) is dropped",
+        "SECONDS",
+        low=0,
+        note="0 turns deduplication off",
+    )
+    dedup_max_entries: int = setting(
+        250_000, "most alert ids remembered for deduplication (bounds its memory)", "N", low=1000
+    )
+    spool_dir: str = setting(
+        "", "folder of the durable spool; empty: alerts wait in memory only", "DIR"
+    )
+    spool_max_bytes: int = setting(
+        128 * 1024 * 1024,
+        "spool size past which alerts are refused (HTTP 503, gRPC held back)",
+        "BYTES",
+        low=64 * 1024,
+        unit="bytes",
+    )
+    spool_max_age: float = setting(
+        0.0,
+        "seconds an undelivered alert may wait before it is dropped, 0: forever",
+        "SECONDS",
+        low=0,
+        note="0 keeps alerts until delivered",
+    )
+    spool_sync: SpoolSync = setting(
+        "normal", "normal (survives a killed gateway) or full (fsync each alert, power-cut safe)"
+    )
+    publish_batch: int = setting(
+        256,
+        "most alerts handed to NATS at once (JetStream acks in flight)",
+        "N",
+        low=1,
+        high=10_000,
+    )
+    publish_timeout: float = setting(
+        5.0,
+        "seconds to wait for a JetStream ack or a core flush",
+        "SECONDS",
+        low=0.1,
+        high=300,
+        unit="seconds",
+    )
+    log_format: LogFormat = setting("logfmt", "log lines on stderr, one per event, in this format")
+    metrics_rule_labels: bool = setting(
+        False, "add a per-rule metric (one series per rule: watch cardinality)"
+    )
     # Security: the HTTP listener (TLS, mutual TLS, basic auth, a plain probe port).
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    http_user: str = ""
-    # Secrets are kept out of repr(), so a settings object in a log or a traceback
-    # shows no password.
-    http_password: str = field(default="", repr=False)
-    http_password_file: str = ""
-    health_listen: str = ""
+    tls_cert: str = setting(
+        "", "server certificate (PEM) of the HTTP listener; set: HTTPS only", "FILE"
+    )
+    tls_key: str = setting("", "private key (PEM) of tls_cert", "FILE")
+    tls_client_ca: str = setting(
+        "", "CA (PEM) whose client certificates the HTTP listener requires (mutual TLS)", "FILE"
+    )
+    http_user: str = setting(
+        "", "basic-auth user Falco must send on POST / (in http_output's URL)", "USER"
+    )
+    http_password: str = setting(
+        "",
+        "basic-auth password (prefer http_password_file or the environment)",
+        "PASSWORD",
+        secret=True,
+    )
+    http_password_file: str = setting("", "file holding the basic-auth password", "FILE")
+    health_listen: str = setting(
+        "",
+        "HOST:PORT of a plain-HTTP port for /ping, /healthz, /readyz, /metrics only",
+        "HOST:PORT",
+    )
     # Limits against slow, flooding or hostile clients.
-    http_read_timeout: float = 10.0
-    http_max_in_flight: int = 256
-    max_output_fields: int = 512
-    max_field_bytes: int = 16384
-    grpc_max_message_bytes: int = 4 * 1024 * 1024
+    http_read_timeout: float = setting(
+        10.0,
+        "seconds a client has to send a request body, and for the TLS handshake",
+        "SECONDS",
+        low=0.1,
+        high=3600,
+        unit="seconds",
+    )
+    http_max_in_flight: int = setting(
+        256, "most requests handled at once; more are answered 503", "N", low=1, high=100_000
+    )
+    max_output_fields: int = setting(
+        512,
+        "most output_fields an alert may carry; more: the alert is rejected",
+        "N",
+        low=1,
+        high=100_000,
+    )
+    max_field_bytes: int = setting(
+        16384,
+        "longest output field value in bytes; longer ones are truncated",
+        "BYTES",
+        low=64,
+        high=64 * 1024 * 1024,
+        unit="bytes",
+    )
+    grpc_max_message_bytes: int = setting(
+        4 * 1024 * 1024,
+        "largest gRPC message accepted from Falco",
+        "BYTES",
+        low=64 * 1024,
+        high=1024**3,
+        unit="bytes",
+    )
     # Security: the NATS link.
-    nats_ca: str = ""
-    nats_cert: str = ""
-    nats_key: str = ""
-    nats_token: str = field(default="", repr=False)
-    nats_token_file: str = ""
-    nats_user: str = ""
-    nats_password: str = field(default="", repr=False)
-    nats_password_file: str = ""
-    nats_nkey_seed: str = ""
-    nats_creds: str = ""
+    nats_ca: str = setting(
+        "", "CA (PEM) that signed the NATS server's certificate (TLS to NATS)", "FILE"
+    )
+    nats_cert: str = setting("", "client certificate (PEM) for NATS (mutual TLS)", "FILE")
+    nats_key: str = setting("", "private key (PEM) of nats_cert", "FILE")
+    nats_token: str = setting(
+        "", "NATS token (prefer nats_token_file or the environment)", "TOKEN", secret=True
+    )
+    nats_token_file: str = setting("", "file holding the NATS token", "FILE")
+    nats_user: str = setting("", "NATS user name (with nats_password)", "USER")
+    nats_password: str = setting(
+        "", "NATS password (prefer nats_password_file or the environment)", "PASSWORD", secret=True
+    )
+    nats_password_file: str = setting("", "file holding the NATS password", "FILE")
+    nats_nkey_seed: str = setting(
+        "", "file holding the NKey seed (SU...) of the gateway's NATS user", "FILE"
+    )
+    nats_creds: str = setting("", "NATS credentials file (.creds: user JWT and NKey seed)", "FILE")
     # falcosidekick's CUSTOMFIELDS and CUSTOMTAGS: added to every alert's payload.
-    custom_fields: str = ""
-    custom_tags: str = ""
+    custom_fields: str = setting(
+        "",
+        "key:value,... added to every alert's output_fields (value %VAR: from env)",
+        "KEY:VALUE[,...]",
+    )
+    custom_tags: str = setting("", "tag,... added to every alert's tags", "TAG[,...]")
 
     @property
     def http_tls(self) -> bool:
@@ -152,34 +361,35 @@ class Settings:
             raise ConfigError("nats_url", "no NATS server given")
         _check_nats_urls(self.nats_url)
         _split_listen(self.listen)
+        self._validate_table()
         if self.falco_grpc:
             _check_grpc_address(self)
-        if not 0.001 <= self.grpc_poll_interval <= 10:
-            raise ConfigError(
-                "grpc_poll_interval", f"{self.grpc_poll_interval} is not within 0.001..10 seconds"
-            )
-        SubjectTemplate(self.subject_template)
+        # The domain code says what is wrong (ValueError); this layer names the key.
+        try:
+            SubjectTemplate(self.subject_template)
+        except ValueError as exc:
+            raise ConfigError("subject_template", str(exc)) from None
         try:
             Priority.parse(self.minimum_priority)
         except ValueError as exc:
             raise ConfigError("minimum_priority", str(exc)) from None
-        if self.max_body_bytes < 1024:
-            raise ConfigError("max_body_bytes", f"{self.max_body_bytes} is below 1024 bytes")
-        if self.max_body_bytes > MAX_BODY_BYTES_CAP:
-            raise ConfigError(
-                "max_body_bytes",
-                f"{self.max_body_bytes} is above the hard cap of {MAX_BODY_BYTES_CAP} bytes",
-            )
-        if self.shutdown_timeout < 0:
-            raise ConfigError("shutdown_timeout", "must not be negative")
-        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
-            raise ConfigError(
-                "log_level", f"{self.log_level!r} is not one of debug, info, warning, error"
-            )
-        self._validate_delivery()
+        if self.jetstream:
+            _check_stream(self)
         self._validate_security()
         self.custom_field_map  # noqa: B018 - raises ConfigError naming a bad entry
         return self
+
+    def _validate_table(self) -> None:
+        """Every value of a closed set within it, every number within its range."""
+        for key, about in SETTINGS.items():
+            value = getattr(self, key)
+            choices = CHOICES.get(key)
+            if choices is not None and value not in choices:
+                raise ConfigError(key, f"{value!r} is not {_one_of(choices)}")
+            if about.low is not None or about.high is not None:
+                problem = about.out_of_range(value)
+                if problem is not None:
+                    raise ConfigError(key, problem)
 
     def _validate_security(self) -> None:
         from gateway.tls import check_ca, check_pair, check_readable
@@ -191,19 +401,6 @@ class Settings:
                 raise ConfigError(key + "_file", f"{getattr(self, key + '_file')} is empty")
         _check_http_security(self, check_ca, check_pair)
         self._validate_nats_security(check_ca, check_pair, check_readable)
-        limits = (
-            ("http_max_in_flight", self.http_max_in_flight, 1, 100_000),
-            ("max_output_fields", self.max_output_fields, 1, 100_000),
-            ("max_field_bytes", self.max_field_bytes, 64, 64 * 1024 * 1024),
-            ("grpc_max_message_bytes", self.grpc_max_message_bytes, 64 * 1024, 1024**3),
-        )
-        for key, value, low, high in limits:
-            if not low <= value <= high:
-                raise ConfigError(key, f"{value} is not within {low}..{high}")
-        if not 0.1 <= self.http_read_timeout <= 3600:
-            raise ConfigError(
-                "http_read_timeout", f"{self.http_read_timeout} is not within 0.1..3600 seconds"
-            )
 
     def _validate_nats_security(self, check_ca: Any, check_pair: Any, check_readable: Any) -> None:
         if self.nats_cert or self.nats_key:
@@ -235,87 +432,6 @@ class Settings:
         if self.nats_creds:
             _check_nats_file("nats_creds", self.nats_creds, b"BEGIN NATS USER JWT", check_readable)
 
-    def _validate_delivery(self) -> None:
-        if self.jetstream:
-            _check_stream(self)
-        if self.dedup_window < 0:
-            raise ConfigError("dedup_window", "must not be negative (0 turns deduplication off)")
-        if self.dedup_max_entries < 1000:
-            raise ConfigError("dedup_max_entries", f"{self.dedup_max_entries} is below 1000")
-        if self.spool_max_bytes < 64 * 1024:
-            raise ConfigError("spool_max_bytes", f"{self.spool_max_bytes} is below 65536 bytes")
-        if self.spool_max_age < 0:
-            raise ConfigError(
-                "spool_max_age", "must not be negative (0 keeps alerts until delivered)"
-            )
-        if self.log_format not in {"logfmt", "json"}:
-            raise ConfigError("log_format", f"{self.log_format!r} is not logfmt or json")
-        if self.spool_sync not in {"normal", "full"}:
-            raise ConfigError("spool_sync", f"{self.spool_sync!r} is not normal or full")
-        if not 1 <= self.publish_batch <= 10_000:
-            raise ConfigError("publish_batch", f"{self.publish_batch} is not within 1..10000")
-        if not 0.1 <= self.publish_timeout <= 300:
-            raise ConfigError(
-                "publish_timeout", f"{self.publish_timeout} is not within 0.1..300 seconds"
-            )
-
-
-HELP: dict[str, str] = {
-    "nats_url": "NATS server URL; comma-separate several for a cluster",
-    "listen": "HOST:PORT of the HTTP listener for Falco's http_output",
-    "falco_grpc": "Falco gRPC address (unix:///run/falco/falco.sock or HOST:PORT); empty: gRPC off",
-    "grpc_poll_interval": "seconds between the empty requests that keep Falco's sub stream flowing",
-    "grpc_client_cert": "client certificate (PEM) for Falco gRPC over TCP (mutual TLS)",
-    "grpc_client_key": "client private key (PEM) for Falco gRPC over TCP",
-    "grpc_ca_cert": "CA certificate (PEM) that signed Falco's gRPC server certificate",
-    "grpc_server_name": "expected name in Falco's server certificate, if not the host",
-    "subject_template": "NATS subject; placeholders <priority>, <rule>, <source>, <hostname>",
-    "minimum_priority": "drop alerts below this priority (debug keeps all; 'info' works)",
-    "max_body_bytes": "largest accepted HTTP request body, in bytes",
-    "shutdown_timeout": "seconds to finish in-flight alerts and drain NATS on SIGTERM",
-    "log_level": "debug, info, warning or error",
-    "jetstream": "publish to JetStream and wait for its acks (core NATS otherwise)",
-    "stream_name": "JetStream stream the alerts must land in",
-    "stream_subjects": "subjects of the stream, comma-separated (when the gateway creates it)",
-    "stream_create": "create the stream if missing, and update it to these settings",
-    "stream_storage": "file or memory (when the gateway creates the stream)",
-    "stream_replicas": "stream replicas, 1 to 5 (when the gateway creates the stream)",
-    "stream_max_age": "seconds the stream keeps an alert, 0: no limit (if the gateway creates it)",
-    "dedup_window": "seconds within which the second copy of an alert (gRPC and HTTP) is dropped",
-    "dedup_max_entries": "most alert ids remembered for deduplication (bounds its memory)",
-    "spool_dir": "folder of the durable spool; empty: alerts wait in memory only",
-    "spool_max_bytes": "spool size past which alerts are refused (HTTP 503, gRPC held back)",
-    "spool_max_age": "seconds an undelivered alert may wait before it is dropped, 0: forever",
-    "spool_sync": "normal (survives a killed gateway) or full (fsync each alert, power-cut safe)",
-    "publish_batch": "most alerts handed to NATS at once (JetStream acks in flight)",
-    "publish_timeout": "seconds to wait for a JetStream ack or a core flush",
-    "log_format": "logfmt or json, one line per event on stderr",
-    "metrics_rule_labels": "add a per-rule metric (one series per rule: watch cardinality)",
-    "tls_cert": "server certificate (PEM) of the HTTP listener; set: HTTPS only",
-    "tls_key": "private key (PEM) of tls_cert",
-    "tls_client_ca": "CA (PEM) whose client certificates the HTTP listener requires (mutual TLS)",
-    "http_user": "basic-auth user Falco must send on POST / (in http_output's URL)",
-    "http_password": "basic-auth password (prefer http_password_file or the environment)",
-    "http_password_file": "file holding the basic-auth password",
-    "health_listen": "HOST:PORT of a plain-HTTP port for /ping, /healthz, /readyz, /metrics only",
-    "http_read_timeout": "seconds a client has to send a request body, and for the TLS handshake",
-    "http_max_in_flight": "most requests handled at once; more are answered 503",
-    "max_output_fields": "most output_fields an alert may carry; more: the alert is rejected",
-    "max_field_bytes": "longest output field value in bytes; longer ones are truncated",
-    "grpc_max_message_bytes": "largest gRPC message accepted from Falco",
-    "nats_ca": "CA (PEM) that signed the NATS server's certificate (TLS to NATS)",
-    "nats_cert": "client certificate (PEM) for NATS (mutual TLS)",
-    "nats_key": "private key (PEM) of nats_cert",
-    "nats_token": "NATS token (prefer nats_token_file or the environment)",
-    "nats_token_file": "file holding the NATS token",
-    "nats_user": "NATS user name (with nats_password)",
-    "nats_password": "NATS password (prefer nats_password_file or the environment)",
-    "nats_password_file": "file holding the NATS password",
-    "nats_nkey_seed": "file holding the NKey seed (SU...) of the gateway's NATS user",
-    "nats_creds": "NATS credentials file (.creds: user JWT and NKey seed)",
-    "custom_fields": "key:value,... added to every alert's output_fields (value %VAR: from env)",
-    "custom_tags": "tag,... added to every alert's tags",
-}
 
 # Secrets given as a value, each of which may come from a file instead (`<key>_file`).
 SECRET_FILE_KEYS = ("http_password", "nats_token", "nats_password")
@@ -369,7 +485,28 @@ FALCOSIDEKICK_ENV = {
     key.replace(".", "_").upper(): name for key, name in FALCOSIDEKICK_ALIASES.items()
 }
 
-_KEYS = {f.name: f for f in fields(Settings)}
+# The table, read once: each key's About, its resolved type, and the closed sets.
+SETTINGS: dict[str, About] = {f.name: f.metadata["about"] for f in fields(Settings)}
+_TYPES: dict[str, Any] = get_type_hints(Settings)
+CHOICES: dict[str, tuple[str, ...]] = {
+    key: get_args(kind) for key, kind in _TYPES.items() if get_origin(kind) is Literal
+}
+
+
+def metavar(key: str) -> str:
+    """The placeholder of `key`'s flag in --help."""
+    about = SETTINGS[key]
+    if about.metavar:
+        return about.metavar
+    if key in CHOICES:
+        return "|".join(CHOICES[key])
+    return key.rsplit("_", maxsplit=1)[-1].upper()
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    if len(choices) == 2:
+        return " or ".join(choices)
+    return "one of " + ", ".join(choices)
 
 
 def load(
@@ -398,8 +535,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
     debug = values.pop("debug", None)
     converted: dict[str, Any] = {}
     for key, raw in values.items():
-        if key not in _KEYS:
-            raise ConfigError(key, f"unknown setting; known: {', '.join(_KEYS)}")
+        if key not in SETTINGS:
+            raise ConfigError(key, f"unknown setting; known: {', '.join(SETTINGS)}")
         converted[key] = _convert(key, raw)
     settings = replace(settings, **converted)
     if host is not None or port is not None:
@@ -413,14 +550,20 @@ def _build(values: Mapping[str, Any]) -> Settings:
 
 
 def _convert(key: str, raw: Any) -> Any:
-    kind = _KEYS[key].type
+    if key in CHOICES:
+        return _convert_choice(key, raw)
     converter: Callable[[str, Any], Any] = {
-        "str": _convert_str,
-        "int": _convert_int,
-        "float": _convert_float,
-        "bool": _convert_bool,
-    }[str(kind)]
+        str: _convert_str,
+        int: _convert_int,
+        float: _convert_float,
+        bool: _convert_bool,
+    }[_TYPES[key]]
     return converter(key, raw)
+
+
+def _convert_choice(key: str, raw: Any) -> str:
+    # In any case (INFO, Info); checked against the closed set in validate().
+    return _convert_str(key, raw).lower()
 
 
 def _convert_str(key: str, raw: Any) -> str:
@@ -483,8 +626,8 @@ def _from_yaml(path: Path) -> dict[str, Any]:
                 key, f"falcosidekick setting not supported: {FALCOSIDEKICK_REFUSED[refused]}"
             )
         name = FALCOSIDEKICK_ALIASES.get(key.lower(), key)
-        if name not in _KEYS and name not in {"listen_address", "listen_port", "debug"}:
-            raise ConfigError(key, f"unknown setting in {path}; known: {', '.join(_KEYS)}")
+        if name not in SETTINGS and name not in {"listen_address", "listen_port", "debug"}:
+            raise ConfigError(key, f"unknown setting in {path}; known: {', '.join(SETTINGS)}")
         values[name] = value
     return values
 
@@ -553,9 +696,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or _K8S_SERVICE_ENV.search(name):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if key not in _KEYS:
+        if key not in SETTINGS:
             raise ConfigError(
-                name, f"unknown setting; known: {', '.join(env_name(k) for k in _KEYS)}"
+                name, f"unknown setting; known: {', '.join(env_name(k) for k in SETTINGS)}"
             )
         values[key] = value
     return values
@@ -686,12 +829,6 @@ def _check_stream(settings: Settings) -> None:
         raise ConfigError("stream_name", f"{settings.stream_name!r} is not a valid stream name")
     if not settings.stream_subject_list:
         raise ConfigError("stream_subjects", "no subject given")
-    if settings.stream_storage not in {"file", "memory"}:
-        raise ConfigError("stream_storage", f"{settings.stream_storage!r} is not file or memory")
-    if not 1 <= settings.stream_replicas <= 5:
-        raise ConfigError("stream_replicas", f"{settings.stream_replicas} is not within 1..5")
-    if settings.stream_max_age < 0:
-        raise ConfigError("stream_max_age", "must not be negative")
     if settings.stream_create:
         # Every subject the template can produce must land in the stream, or
         # JetStream has no one to ack it and alerts would wait forever.

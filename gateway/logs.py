@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from gateway.config import LogFormat, LogLevel
 
 LOG = logging.getLogger("gateway")
 
@@ -42,7 +45,7 @@ def _quote(value: object) -> str:
     return text
 
 
-def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
+def setup_logging(level: LogLevel = "info", fmt: LogFormat = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()

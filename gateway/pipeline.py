@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from gateway.dedup import DedupWindow
-from gateway.errors import SpoolFull
+from gateway.errors import RejectionKind, SpoolFull
 from gateway.event import FalcoEvent, Priority
 from gateway.logs import OncePer, StateLog, log
 from gateway.payload import NO_STAMP, Stamp, falcosidekick_json
@@ -23,7 +23,8 @@ from gateway.telemetry import Telemetry
 
 LOG = logging.getLogger("gateway.pipeline")
 
-Path = Literal["grpc", "http", "test"]
+# The way an alert came in: a label on metrics and the Falco-Gateway-Path header.
+IngestPath = Literal["grpc", "http", "test"]
 
 # Header naming the ingest path of a message: for operators and the demo; the
 # subject, payload and Nats-Msg-Id do not depend on the path.
@@ -80,7 +81,7 @@ class Pipeline:
         for alert_id in spool.alert_ids():
             self.dedup.remember(alert_id)
 
-    def accept(self, event: FalcoEvent, path: Path) -> Outcome:
+    def accept(self, event: FalcoEvent, path: IngestPath) -> Outcome:
         """Spool `event` for NATS, unless filtered or a duplicate.
 
         Raises SpoolFull when the spool cannot take it; the source answers 503
@@ -120,7 +121,7 @@ class Pipeline:
         self.on_spooled()
         return Accepted(subject, alert_id)
 
-    def _no_output(self, path: Path) -> None:
+    def _no_output(self, path: IngestPath) -> None:
         self._told_no_output = True
         log(
             logging.WARNING,
@@ -135,11 +136,11 @@ class Pipeline:
             ),
         )
 
-    def rejected(self, path: Path, kind: str) -> None:
+    def rejected(self, path: IngestPath, kind: RejectionKind) -> None:
         """Count an alert a source could not read (it answered or logged the reason)."""
         self.telemetry.rejected(path, kind)
 
-    def repaired(self, path: Path, event: FalcoEvent) -> None:
+    def repaired(self, path: IngestPath, event: FalcoEvent) -> None:
         """Count an alert whose bytes that were not UTF-8 a source replaced by U+FFFD
         (as Falco's own JSON output does); say so once per path."""
         self.telemetry.repaired(path, "not_utf8")

@@ -46,6 +46,8 @@ from gateway.logs import log
 if TYPE_CHECKING:
     import sqlite3
 
+    from gateway.config import SpoolSync
+
 LOG = logging.getLogger("gateway.spool")
 
 # Fresh alerts kept in memory next to the database, so the publisher does not read
@@ -108,7 +110,7 @@ class Spool:
         self,
         directory: str = "",
         max_bytes: int = 128 * 1024 * 1024,
-        sync: str = "normal",
+        sync: SpoolSync = "normal",
         *,
         cache_bytes: int = CACHE_BYTES,
     ) -> None:
@@ -147,7 +149,7 @@ class Spool:
         """The sequence number of the latest alert appended (0 before the first)."""
         return self._last_seq
 
-    def _open(self, folder: Path, sync: str) -> None:
+    def _open(self, folder: Path, sync: SpoolSync) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -210,7 +212,7 @@ class Spool:
                 location=self.location,
             )
 
-    def _connect_on_refusing_disk(self, sync: str, error: Exception) -> sqlite3.Connection:
+    def _connect_on_refusing_disk(self, sync: SpoolSync, error: Exception) -> sqlite3.Connection:
         """The disk refused what opening takes (SQLite's 32 KiB shared-memory file, on
         a full disk): open in exclusive locking mode, which keeps that index in the
         process's memory, so that what is spooled still goes to NATS. Writes are
@@ -222,7 +224,7 @@ class Spool:
         except self._db_error as exc:
             raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
 
-    def _connect(self, sync: str, *, exclusive: bool = False) -> sqlite3.Connection:
+    def _connect(self, sync: SpoolSync, *, exclusive: bool = False) -> sqlite3.Connection:
         """Open and check the database; sqlite3.DatabaseError when it is damaged."""
         import sqlite3
 
@@ -245,7 +247,7 @@ class Spool:
             raise
         return db
 
-    def _rebuild(self, damaged: Path, sync: str, problems: list[str]) -> sqlite3.Connection:
+    def _rebuild(self, damaged: Path, sync: SpoolSync, problems: list[str]) -> sqlite3.Connection:
         """A fresh database holding what can be read of the `damaged` one."""
         salvaged, complete = spool_repair.salvage(damaged)
         # A damaged page can read back as NULLs or noise: only whole alerts go on.

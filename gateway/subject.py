@@ -13,7 +13,6 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 
-from gateway.errors import ConfigError
 from gateway.event import FalcoEvent, Priority
 
 DEFAULT_TEMPLATE = "falco.<priority>.<rule>"
@@ -45,7 +44,8 @@ _TOKENS: dict[str, Callable[[FalcoEvent], str]] = {
 class SubjectTemplate:
     """A parsed subject template such as `falco.<priority>.<rule>`."""
 
-    def __init__(self, template: str, key: str = "subject_template") -> None:
+    def __init__(self, template: str) -> None:
+        """ValueError saying what is wrong with `template` (the caller names the setting)."""
         self.template = template
         parts: list[str | Callable[[FalcoEvent], str]] = []
         position = 0
@@ -54,19 +54,15 @@ class SubjectTemplate:
             name = match.group(1)
             if name not in _TOKENS:
                 known = ", ".join(f"<{t}>" for t in _TOKENS)
-                raise ConfigError(
-                    key, f"unknown placeholder <{name}> in {template!r}; known: {known}"
-                )
+                raise ValueError(f"unknown placeholder <{name}> in {template!r}; known: {known}")
             parts.append(_TOKENS[name])
             position = match.end()
         parts.append(template[position:])
         literal = _PLACEHOLDER.sub("x", template)
         if "<" in literal or ">" in literal or _FORBIDDEN.search(literal):
-            raise ConfigError(key, f"{template!r} has spaces, wildcards or a stray '<' or '>'")
+            raise ValueError(f"{template!r} has spaces, wildcards or a stray '<' or '>'")
         if any(token == "" for token in literal.split(".")):
-            raise ConfigError(
-                key, f"{template!r} has an empty subject token (leading, trailing or '..')"
-            )
+            raise ValueError(f"{template!r} has an empty subject token (leading, trailing or '..')")
         self._parts = tuple(p for p in parts if p != "")
 
     def render(self, event: FalcoEvent) -> str:

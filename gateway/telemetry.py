@@ -37,6 +37,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from gateway.errors import RejectionKind, RepairKind
+
 KINDS = (
     "received",  # read from a source
     "filtered",  # below minimum_priority
@@ -150,13 +152,13 @@ class Telemetry:
             except KeyError:
                 by_rule[key] = 1
 
-    def rejected(self, path: str, reason: str) -> None:
+    def rejected(self, path: str, reason: RejectionKind) -> None:
         self.add("rejected", path)
-        # Reasons are AlertError kinds and the HTTP guard's: a fixed set.
+        # Reasons are a closed set (RejectionKind): bounded label values.
         key = (path, reason)
         self._by_reason[key] = self._by_reason.get(key, 0) + 1
 
-    def repaired(self, path: str, reason: str) -> None:
+    def repaired(self, path: str, reason: RepairKind) -> None:
         """An alert that goes out with part of it mended (bad UTF-8 replaced)."""
         key = (path, reason)
         self._repaired[key] = self._repaired.get(key, 0) + 1

@@ -6,6 +6,7 @@ import asyncio
 
 import orjson
 import pytest
+from quart import Quart, request, request_started
 
 from gateway.event import Priority
 from gateway.pipeline import MSG_ID_HEADER, PATH_HEADER
@@ -51,6 +52,42 @@ async def test_seed_alert_lands_on_falcosidekicks_subject(nats_server: NatsServe
     assert doc["output"] == SEED.output
     assert doc["output_fields"]["proc.tty"] == 34816
     assert doc["output_fields"]["user.loginuid"] == -1
+
+
+async def test_the_served_app_is_quart_and_alerts_skip_its_request_machinery(
+    nats_server: NatsServer,
+) -> None:
+    """Hypercorn serves the Quart app, with every route declared on it; an alert POST is
+    answered in front of Quart's asgi_app (its request machinery never starts), the rest
+    by Quart."""
+    async with running_gateway(nats_server.url) as gw:
+        app = gw.gateway.app
+        assert isinstance(app, Quart)
+        routes = {(r.rule, m) for r in app.url_map.iter_rules() for m in r.methods or ()}
+        assert {
+            ("/", "POST"),
+            ("/<path:_any>", "POST"),
+            ("/test", "POST"),
+            ("/ping", "GET"),
+            ("/healthz", "GET"),
+            ("/readyz", "GET"),
+            ("/metrics", "GET"),
+        } <= routes
+        started: list[str] = []
+
+        def note(_sender: Quart, **_: object) -> None:
+            started.append(request.path)
+
+        request_started.connect(note, app)
+        try:
+            async with gw.client() as http:
+                assert (await http.post(to_falco_json(SEED))).status == 200
+                assert (await http.post(to_falco_json(SEED), path="/falco")).status == 200
+                assert (await http.get("/ping")).body == b"pong\n"
+                assert (await http.request("GET", "/")).status == 405
+        finally:
+            request_started.disconnect(note, app)
+        assert started == ["/ping", "/"]
 
 
 @pytest.mark.parametrize("priority", [*list(Priority), "info"])

@@ -1,4 +1,4 @@
-"""The generated stubs carry Falco 0.43.1's wire contract (shared/FALCO.md section 2)."""
+"""The generated stubs carry Falco 0.43.1's wire contract (proto/README.md says what it is)."""
 
 from __future__ import annotations
 

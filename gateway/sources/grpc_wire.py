@@ -15,7 +15,7 @@ from __future__ import annotations
 from gateway.errors import AlertError
 from gateway.falco_pb import outputs_pb2
 
-# Field numbers of falco.outputs.response (FALCO.md section 2).
+# Field numbers of falco.outputs.response (proto/gateway/falco_pb/outputs.proto).
 _TIME, _PRIORITY, _SOURCE_DEPRECATED = 1, 2, 3
 _RULE, _OUTPUT, _OUTPUT_FIELDS, _HOSTNAME, _TAGS, _SOURCE = 4, 5, 6, 7, 8, 9
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5

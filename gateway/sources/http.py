@@ -1,9 +1,15 @@
 """The HTTP source: Falco's http_output posts here, as it would to falcosidekick.
 
-Routes (falcosidekick's): `POST /` one alert; `GET /ping` -> pong;
-`GET /healthz` -> 200 when NATS is connected, 503 with the reason otherwise;
-`POST /test` publishes a test alert. And the gateway's own `GET /readyz`:
-200 while alerts can be accepted (NATS up or not), 503 when the spool is full.
+The app Hypercorn serves is a Quart app, and every route is declared on it
+(falcosidekick's): `POST /` one alert (and a POST to any path not named below,
+as falcosidekick takes it); `GET /ping` -> pong; `GET /healthz` -> 200 when
+NATS is connected, 503 with the reason otherwise; `POST /test` publishes a test
+alert; `GET /metrics`. And the gateway's own `GET /readyz`: 200 while alerts can
+be accepted (NATS up or not), 503 when the spool is full.
+
+The common alert POST is answered by `AlertFastPath`, ASGI middleware around
+Quart's `asgi_app` (Quart's documented way to add middleware), without Quart's
+request machinery; docs/http.md says which requests take it and why.
 
 An alert is answered 200 once it is in the spool, not when NATS has it: Falco
 waits for every response on its one output thread, so the handler never waits
@@ -46,7 +52,7 @@ from gateway.normalize import (
     replace_bad_utf8,
     self_test_event,
 )
-from gateway.pipeline import Accepted, Duplicate, Path, Pipeline
+from gateway.pipeline import Accepted, Duplicate, IngestPath, Pipeline
 from gateway.sources.deadlines import ReadDeadlines
 from gateway.sources.unexpected import UnexpectedErrors
 
@@ -122,7 +128,7 @@ class AlertIntake:
     """Read one alert and answer it: the in-flight cap, parsing, counting, spooling.
 
     The one implementation behind `POST /`, whichever way the request came: the
-    ASGI fast path (`HttpApp`) or the Quart route. Each gives it a way to read the
+    ASGI fast path (`AlertFastPath`) or the Quart route. Each gives it a way to read the
     body; reading raises werkzeug's RequestEntityTooLarge or RequestTimeout, which
     `http_error` answers.
     """
@@ -182,8 +188,8 @@ class AlertIntake:
         # gRPC path), and the alert goes out rather than being lost.
         try:
             event = from_http_body(replace_bad_utf8(body), content_type, self.limits)
-        except AlertError as exc:
-            raise not_utf8 if exc.kind == "malformed_json" else exc from None
+        except AlertError as again:
+            raise not_utf8 if again.kind == "malformed_json" else again from None
         self.pipeline.repaired("http", event)
         return event
 
@@ -228,8 +234,8 @@ def create_app(
     read_timeout: float = 10.0,
     max_in_flight: int = 256,
     limits: Limits = DEFAULT_LIMITS,
-) -> HttpApp:
-    """The HTTP source's ASGI app: `POST /` on a fast path, everything else in Quart."""
+) -> Quart:
+    """The HTTP source's Quart app, with `POST /` on a fast path in front of Quart's own."""
     intake = AlertIntake(pipeline, max_in_flight, limits, read_timeout)
     app_paths = AlertPaths()
     app = Quart("falco-nats-gateway")
@@ -262,8 +268,9 @@ def create_app(
     @app.post("/")
     @app.post("/<path:_any>")
     async def alert(_any: str = "") -> Response:
-        # Reached only when HttpApp delegates (or Quart is served on its own); the
-        # route also keeps `GET /` a 405, as before.
+        # Reached when AlertFastPath hands the request on: on the health port (a 404)
+        # and when the credentials are wrong (a 401), both answered by `guard`. The
+        # route also makes `GET /` a 405, and keeps Quart's answer complete on its own.
         async def read() -> bytes:
             body = await request.get_data(cache=False)
             assert isinstance(body, bytes)
@@ -315,29 +322,37 @@ def create_app(
         what = f"answering {_bounded(request.method)} {_bounded(request.path)}"
         return intake.unexpected_error(exc, what).response()
 
-    return HttpApp(
-        app,
+    # Quart's documented way to add ASGI middleware: the served object stays the
+    # Quart app, whose __call__ calls asgi_app. mypy sees a method replaced.
+    app.asgi_app = AlertFastPath(  # type: ignore[method-assign]
+        app.asgi_app,
         intake,
         max_body_bytes,
         auth=auth,
         health_port=health_port,
         paths=app_paths,
     )
+    return app
 
 
-class HttpApp:
-    """ASGI app that answers `POST /` itself and hands everything else to Quart.
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AlertFastPath:
+    """ASGI middleware around Quart's `asgi_app`: answers an alert POST itself,
+    hands everything else to Quart, and turns any unexpected error into a
+    counted, logged JSON 500.
 
     Quart's request and response machinery costs about as much per alert as the
     whole rest of the gateway, and Falco's output thread waits for every answer.
-    Only the common case is taken here (the main port, credentials good or not
-    required); the health port and an auth failure go to Quart, whose guard
-    already answers them, so those rules live in one place.
+    Only the common case is taken here (an alert path on the main port,
+    credentials good or not required); the health port and an auth failure go
+    to Quart, whose guard already answers them, so those rules live in one place.
     """
 
     def __init__(
         self,
-        quart: Quart,
+        inner: ASGIApp,
         intake: AlertIntake,
         max_body_bytes: int,
         *,
@@ -345,7 +360,7 @@ class HttpApp:
         health_port: int | None,
         paths: AlertPaths | None = None,
     ) -> None:
-        self.quart = quart
+        self.inner = inner
         self.paths = paths if paths is not None else AlertPaths()
         self.intake = intake
         self.max_body_bytes = max_body_bytes
@@ -376,7 +391,7 @@ class HttpApp:
                     self.paths.note(scope["path"])
                     await self._alert(headers, receive, send)
                     return
-        await self.quart(scope, receive, send)
+        await self.inner(scope, receive, send)
 
     async def _alert(self, headers: dict[bytes, str], receive: Receive, send: Send) -> None:
         async def read() -> bytes:
@@ -545,7 +560,7 @@ def _busy(limit: int) -> Answer:
     )
 
 
-def _submit(pipeline: Pipeline, event: FalcoEvent, path: Path) -> Answer:
+def _submit(pipeline: Pipeline, event: FalcoEvent, path: IngestPath) -> Answer:
     try:
         outcome = pipeline.accept(event, path)
     except SpoolFull as exc:
@@ -569,7 +584,7 @@ def _bind(host: str, port: int) -> str:
 
 
 async def serve_http(
-    app: HttpApp,
+    app: Quart,
     host: str,
     port: int,
     shutdown_trigger: Callable[[], Awaitable[object]],

@@ -257,7 +257,7 @@ def test_values_list_every_gateway_setting_with_its_default() -> None:
     started = load_gateway_settings(render())
     defaults = gateway_config.Settings()
     for key in chart_values()["config"]:
-        assert key in gateway_config.HELP, f"config.{key} is not a gateway setting"
+        assert key in gateway_config.SETTINGS, f"config.{key} is not a gateway setting"
         if key not in {"nats_url", "spool_dir"}:
             assert getattr(started, key) == getattr(defaults, key), key
 

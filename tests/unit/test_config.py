@@ -1,10 +1,12 @@
+"""Settings: precedence of sources, falcosidekick's names, the typed table's checks and ranges."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from gateway.config import Settings, load, redact
+from gateway.config import SETTINGS, About, Settings, load, metavar, redact
 from gateway.errors import ConfigError
 from gateway.event import Priority
 
@@ -77,8 +79,8 @@ def test_comma_separated_servers() -> None:
         ({"minimum_priority": "severe"}, "minimum_priority", "unknown priority"),
         ({"subject_template": "falco.<prio>"}, "subject_template", "unknown placeholder"),
         ({"max_body_bytes": "lots"}, "max_body_bytes", "whole number"),
-        ({"max_body_bytes": "10"}, "max_body_bytes", "below 1024"),
-        ({"max_body_bytes": str(64 * 1024 * 1024 + 1)}, "max_body_bytes", "hard cap of 67108864"),
+        ({"max_body_bytes": "10"}, "max_body_bytes", "10 is not within 1024..67108864 bytes"),
+        ({"max_body_bytes": str(64 * 1024 * 1024 + 1)}, "max_body_bytes", "within 1024..67108864"),
         ({"grpc_poll_interval": "0"}, "grpc_poll_interval", "not within"),
         ({"grpc_poll_interval": "fast"}, "grpc_poll_interval", "expected a number"),
         ({"log_level": "loud"}, "log_level", "not one of"),
@@ -260,3 +262,69 @@ def test_unimplemented_falcosidekick_yaml_settings_stop_start_up(
     assert str(info.value).startswith(key)
     assert "falcosidekick setting not supported" in str(info.value)
     assert instead in str(info.value)
+
+
+def test_closed_sets_are_read_in_any_case() -> None:
+    env = {
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_LOG_FORMAT": "JSON",
+        "GATEWAY_SPOOL_SYNC": "Full",
+        "GATEWAY_STREAM_STORAGE": "Memory",
+    }
+    settings = load(environ=env)
+    assert (settings.log_level, settings.log_format) == ("warning", "json")
+    assert (settings.spool_sync, settings.stream_storage) == ("full", "memory")
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("log_level", "not one of debug, info, warning, error"),
+        ("log_format", "not logfmt or json"),
+        ("spool_sync", "not normal or full"),
+        # Checked whether or not JetStream is on: a bad value is never silently kept.
+        ("stream_storage", "not file or memory"),
+    ],
+)
+def test_values_outside_a_closed_set_name_the_key(key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({key: "sometimes"}, environ={})
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+
+
+def ranged() -> list[tuple[str, About]]:
+    return [(k, a) for k, a in SETTINGS.items() if a.low is not None or a.high is not None]
+
+
+@pytest.mark.parametrize(("key", "about"), ranged(), ids=[k for k, _ in ranged()])
+def test_every_range_in_the_table_is_enforced_at_both_ends(key: str, about: About) -> None:
+    is_int = isinstance(getattr(Settings(), key), int)
+    step = 1 if is_int else 0.0005
+    for inside in (about.low, about.high):
+        if inside is not None:
+            assert getattr(load({key: str(inside)}, environ={}), key) == inside
+    outside = [
+        bound + sign * step
+        for bound, sign in ((about.low, -1), (about.high, 1))
+        if bound is not None
+    ]
+    for value in outside:
+        with pytest.raises(ConfigError) as caught:
+            load({key: str(int(value) if is_int else value)}, environ={})
+        assert caught.value.key == key
+
+
+def test_every_setting_has_help_and_a_flag_with_its_metavar() -> None:
+    from gateway.cli import build_parser
+
+    text = build_parser().format_help()
+    for key, about in SETTINGS.items():
+        assert about.help, key
+        assert f"--{key.replace('_', '-')} {metavar(key)}" in text or key in {
+            "jetstream",
+            "stream_create",
+            "metrics_rule_labels",
+        }, key
+    assert "--spool-sync normal|full" in text
+    assert "--log-level debug|info|warning|error" in text

@@ -1,3 +1,5 @@
+"""The normalizer: Falco's HTTP JSON and gRPC forms to one FalcoEvent, and what it refuses."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +14,7 @@ from gateway.normalize import from_grpc, from_http_body, grpc_field_value
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json, to_grpc_response
 
-# The example alert of Falco's documentation (shared/FALCO.md section 3), as Falco posts it.
+# The example alert of Falco's documentation (its http_output page), as Falco posts it.
 DOC_ALERT = (Path(__file__).parent.parent / "data" / "falco-docs-alert.json").read_bytes().strip()
 
 

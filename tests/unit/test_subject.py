@@ -1,7 +1,12 @@
+"""Subject templates: falcosidekick's slugs, placeholders, and the templates refused."""
+
 from __future__ import annotations
+
+import re
 
 import pytest
 
+from gateway.config import load
 from gateway.errors import ConfigError
 from gateway.event import FalcoEvent, Priority
 from gateway.subject import SubjectTemplate, slug
@@ -89,7 +94,10 @@ def test_source_and_hostname_tokens_are_sanitised() -> None:
     ],
 )
 def test_bad_templates_are_config_errors(template: str, problem: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    # The template says what is wrong; the configuration names the setting.
+    with pytest.raises(ValueError, match=re.escape(problem)):
         SubjectTemplate(template)
+    with pytest.raises(ConfigError) as caught:
+        load({"subject_template": template}, environ={})
     assert caught.value.key == "subject_template"
     assert problem in str(caught.value)
