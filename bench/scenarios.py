@@ -30,8 +30,6 @@ from bench.procs import (
     ChildFailed,
     CpuPlan,
     MachineClock,
-    NatsServer,
-    free_port,
     python_module,
     run_python,
     wait_port,
@@ -42,6 +40,8 @@ from bench.report import RELAY_LABEL
 from bench.results import Results
 from bench.stats import percentiles
 from gateway.simulator.http_client import HttpClient
+from gateway.simulator.nats_server import NatsServer
+from gateway.simulator.ports import free_port
 
 PHASES = ("http-ceilings", "grpc-ceiling", "core", "jetstream", "memory")
 # Not run unless asked for: they answer questions about the figures, and take time.
@@ -269,13 +269,16 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def nats_server(self, name: str, jetstream: bool = False) -> AsyncIterator[NatsServer]:
-        server = await NatsServer(self.workdir, name, jetstream).start()
+        # Started from a thread: the driver's loop (a collector, a feed) runs on. The
+        # server inherits the driver's CPU mask, the load side.
+        server = NatsServer(self.workdir, jetstream, name)
+        await asyncio.to_thread(server.start)
         try:
             if jetstream:
                 await wait_jetstream(server.url)
             yield server
         finally:
-            await server.stop()
+            await asyncio.to_thread(server.stop, True)
 
     @contextlib.asynccontextmanager
     async def feed(self) -> AsyncIterator[Feed]:
@@ -699,7 +702,7 @@ class Bench:
         what = "gateway JetStream, spool backlog into the stream"
         for attempt in range(s.repeats):
             base = await stream_messages(server.url)
-            await server.stop()
+            await asyncio.to_thread(server.stop, True)
             await feed.burst(s.drain_alerts)
             spooled = await _until_metric(
                 gw, "falco_nats_gateway_spool_alerts", s.drain_alerts, self._timeout(s.drain_alerts)
@@ -708,10 +711,10 @@ class Bench:
                 self.results.mark_unavailable(
                     ["gateway.js.drain.rate"], "n/a (gateway has no spool gauge in /metrics)"
                 )
-                await server.start()
+                await asyncio.to_thread(server.start)
                 return
             cpu = gw.cpu_seconds()
-            await server.start()
+            await asyncio.to_thread(server.start)
             timing = await _watch_stream(
                 server.url, base, s.drain_alerts, self._timeout(s.drain_alerts)
             )
