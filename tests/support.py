@@ -21,12 +21,12 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
-from gateway.simulator.nats_server import NatsServer
+from gateway.simulator.nats_server import NatsServer, wait_jetstream
 from gateway.simulator.ports import ExitedEarly, free_port, wait_for_port
 
 # Defined with the simulator (the benchmark and `make demo` start theirs there
 # too); the tests take every real part from here.
-__all__ = ["NatsServer", "free_port", "wait_for_port"]
+__all__ = ["NatsServer", "free_port", "wait_for_port", "wait_jetstream"]
 
 # falcosidekick's payload keys, in its order (types.FalcoPayload), tags and hostname present.
 FALCOSIDEKICK_KEYS = [
@@ -64,23 +64,6 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-
-async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
-    """Until JetStream answers (a cluster needs a meta leader first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
-            try:
-                await nc.jetstream(timeout=1).account_info()
-                return
-            finally:
-                await nc.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def stream_ids(url: str, stream: str, expected: int, timeout: float = 30.0) -> list[str]:

