@@ -24,6 +24,9 @@ import orjson
 
 from gateway.simulator.ports import ExitedEarly, wait_for_port
 
+# Defined with the other local-run parts; still importable from here (the chaos rig does).
+from gateway.simulator.ports import free_port as free_port  # noqa: PLC0414
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 REPO = Path(__file__).resolve().parent.parent
