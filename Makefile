@@ -14,12 +14,14 @@ BENCH_ARGS ?=
 # CHAOS_ARGS="--seed N --minutes M --faults a,b" reruns one exactly.
 CHAOS_ARGS ?= --seeds 3 --minutes 5
 
-.PHONY: help venv proto demo test lint unit k8s operator dashboard-png image bench chaos clean
+.PHONY: help venv proto demo test lint unit integration k8s operator dashboard-png image bench chaos clean
 
 help:
 	@echo "make demo    the whole pipeline on this machine: nats-server, gateway, Falco simulator"
 	@echo "make test    install everything, generate stubs, lint, run the test suite"
 	@echo "make lint    ruff and mypy (strict on hand-written code)"
+	@echo "make unit    the unit tests only (tests/unit: pure logic, seconds)"
+	@echo "make integration  the tests against real servers (tests/integration)"
 	@echo "make proto   regenerate gateway/falco_pb/ from proto/"
 	@echo "make bench   the benchmark: ceilings, the gateway, ratios (a few minutes)"
 	@echo "make chaos   fault injection: NATS, gateway and Falco killed, full disk... (15 minutes)"
@@ -56,8 +58,13 @@ lint: $(PROTO_OUT)
 	$(VENV)/bin/yamllint --strict -c tests/k8s/yamllint.yaml charts/falco-nats-gateway/values.yaml charts/falco-nats-gateway/Chart.yaml deploy
 	$(VENV)/bin/hadolint Dockerfile
 
+# One kind of test each, by the marker tests/conftest.py sets from the directory
+# (`pytest -m unit` is the same); `make test` runs every kind after lint.
 unit: $(PROTO_OUT)
-	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+
+integration: $(PROTO_OUT)
+	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
 # Ceilings and the gateway on this machine: a table on stdout, JSON in bench-results/
 # (BENCH_ARGS="--scale 0.5" for a shorter run; see the README's Performance section).
@@ -70,7 +77,7 @@ chaos: $(PROTO_OUT)
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 k8s: $(PROTO_OUT)
-	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m k8s $(PYTEST_ARGS)
 
 # The alert rules and the Grafana dashboard: promtool unit tests, and every query and rule run
 # by a real Prometheus scraping a real gateway (apt-get install prometheus; skipped without it).

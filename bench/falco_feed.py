@@ -40,10 +40,8 @@ class Feed:
         self.last_ns = 0  # alert times stay unique across commands: no accidental duplicates
 
     def status(self) -> dict[str, Any]:
-        # The stand-in counts open `sub` calls but only says so on its servicer.
-        outputs = self.server._outputs
         return {
-            "clients": outputs.active,
+            "clients": self.server.clients,
             "requests": self.server.requests_seen,
             "queued": len(self.server.queue),
         }

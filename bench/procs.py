@@ -1,4 +1,4 @@
-"""The benchmark's child processes: CPU pinning, /proc readings, nats-server, Python helpers.
+"""The benchmark's child processes: CPU pinning, /proc readings, Python helpers.
 
 Every figure is taken with the system under test (the gateway, or a ceiling's
 server or client) pinned to one core and everything that loads or watches it
@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +22,10 @@ from typing import Any
 
 import orjson
 
-from gateway.simulator.nats_server import nats_server_binary
+from gateway.simulator.ports import ExitedEarly, wait_for_port
+
+# Defined with the other local-run parts; still importable from here (the chaos rig does).
+from gateway.simulator.ports import free_port as free_port  # noqa: PLC0414
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -110,31 +112,16 @@ class MachineClock:
         return foreign, foreign / capacity, stolen / capacity
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def wait_port(port: int, timeout: float, proc: Child | None = None) -> None:
     """Until something accepts on 127.0.0.1:port; sooner error if `proc` died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.returncode is not None:
-            raise ChildFailed(proc, f"exited with {proc.returncode} before listening on {port}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"nothing listening on 127.0.0.1:{port} after {timeout}s"
-                ) from None
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return
+    ended = None if proc is None else (lambda: proc.returncode is not None)
+    try:
+        await asyncio.to_thread(wait_for_port, port, timeout, ended)
+    except ExitedEarly:
+        assert proc is not None
+        raise ChildFailed(
+            proc, f"exited with {proc.returncode} before listening on {port}"
+        ) from None
 
 
 class ChildFailed(RuntimeError):
@@ -274,33 +261,3 @@ async def run_python(
     if child.returncode:
         raise ChildFailed(child, f"exited with {child.returncode}")
     return result
-
-
-class NatsServer:
-    """nats-server on a loopback port; `stop` and `start` keep the port and the store."""
-
-    def __init__(self, log_dir: Path, name: str, jetstream: bool = False) -> None:
-        self.port = free_port()
-        self.name = name
-        self.log_dir = log_dir
-        self.jetstream = jetstream
-        self.store = log_dir / f"{name}-store"
-        self.child: Child | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> NatsServer:
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
-        if self.jetstream:
-            argv += ["-js", "-sd", str(self.store)]
-        # No pinning argument: it inherits the driver's mask, the load side.
-        self.child = await Child(self.name, argv, self.log_dir).start()
-        await wait_port(self.port, 15, self.child)
-        return self
-
-    async def stop(self) -> None:
-        if self.child is not None:
-            await self.child.stop()
-        self.child = None

@@ -23,7 +23,7 @@ from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.sinks.nats import NatsSink
 from gateway.sinks.natspy import NatsLink, self_check
-from gateway.sinks.stream import StreamSettings
+from gateway.sinks.stream import stream_settings
 from gateway.sources.grpc import FalcoGrpcSource, GrpcTls
 from gateway.sources.http import BasicAuth, HttpTls, create_app, serve_http
 from gateway.spool import Spool
@@ -39,18 +39,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
-        stream = None
-        if s.jetstream:
-            stream = StreamSettings(
-                name=s.stream_name,
-                subjects=s.stream_subject_list,
-                create=s.stream_create,
-                storage=s.stream_storage,
-                replicas=s.stream_replicas,
-                max_age=s.stream_max_age,
-                duplicate_window=max(s.dedup_window, 1.0),
-                subject_template=s.subject_template,
-            )
+        stream = stream_settings(s) if s.jetstream else None
         self.telemetry = Telemetry(rule_labels=s.metrics_rule_labels)
         # A nats-py this gateway does not know how to drive stops it here, by name.
         self_check()
@@ -82,14 +71,13 @@ class Gateway:
         limits = Limits(s.max_output_fields, s.max_field_bytes)
         self.grpc: FalcoGrpcSource | None = None
         if s.falco_grpc:
-            tls = None
-            if not s.falco_grpc.startswith("unix://"):
-                tls = GrpcTls.from_files(
-                    ca=s.grpc_ca_cert,
-                    key=s.grpc_client_key,
-                    cert=s.grpc_client_cert,
-                    server_name=s.grpc_server_name,
-                )
+            tls = GrpcTls.for_address(
+                s.falco_grpc,
+                ca=s.grpc_ca_cert,
+                key=s.grpc_client_key,
+                cert=s.grpc_client_cert,
+                server_name=s.grpc_server_name,
+            )
             self.grpc = FalcoGrpcSource(
                 s.falco_grpc,
                 self.pipeline,

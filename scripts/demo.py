@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,8 @@ import nats
 from nats.aio.msg import Msg
 
 from gateway.commands.tail import format_nats_sub
-from gateway.simulator.nats_server import nats_server_binary
+from gateway.simulator.nats_server import NatsServer, nats_server_binary
+from gateway.simulator.ports import ExitedEarly, free_port, wait_for_port
 
 ALERTS = 16
 BOTH_EVERY = 4
@@ -32,23 +32,13 @@ SEED_SUBJECT = "falco.notice.terminal_shell_in_container"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: {what} exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"demo: {what} did not listen on {port} within {timeout}s")
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    try:
+        wait_for_port(port, 20, ended=lambda: proc.poll() is not None)
+    except ExitedEarly:
+        raise SystemExit(f"demo: {what} exited with {proc.returncode} before listening") from None
+    except TimeoutError:
+        raise SystemExit(f"demo: {what} did not listen on {port} within 20s") from None
 
 
 def step(text: str) -> None:
@@ -196,13 +186,13 @@ def summarize(
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="falco-nats-gateway-demo-"))
     try:
-        nats_bin = nats_server_binary()
+        nats_server_binary()
     except RuntimeError:
         raise SystemExit(
             "demo: nats-server not in the virtualenv; run `make demo`, which installs it"
         ) from None
-    nats_port, http_port = free_port(), free_port()
-    nats_url = f"nats://127.0.0.1:{nats_port}"
+    nats_server = NatsServer(workdir)
+    nats_url, http_port = nats_server.url, free_port()
     falco_socket = f"unix://{workdir}/falco.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
         "PYTHONUNBUFFERED": "1"
@@ -210,10 +200,10 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         step(f"nats-server on {nats_url}")
-        procs.append(
-            start([nats_bin, "-a", "127.0.0.1", "-p", str(nats_port)], workdir / "nats.log", env)
-        )
-        wait_for_port(nats_port, procs[-1], "nats-server")
+        try:
+            nats_server.start()
+        except (ExitedEarly, TimeoutError) as exc:
+            raise SystemExit(f"demo: nats-server: {exc}") from None
 
         step(f"gateway: HTTP on 127.0.0.1:{http_port}, Falco gRPC on {falco_socket}")
         gateway_cmd = [
@@ -224,7 +214,7 @@ def main() -> int:
         ]  # fmt: skip
         gateway = start(gateway_cmd, workdir / "gateway.log", env)
         procs.append(gateway)
-        wait_for_port(http_port, gateway, "the gateway")
+        wait_listening(http_port, gateway, "the gateway")
 
         received, simulator_rc, tail_rc = asyncio.run(
             run_alerts(nats_url, http_port, falco_socket, env)
@@ -249,6 +239,7 @@ def main() -> int:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        nats_server.stop(graceful=True)
         if os.environ.get("KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)
 

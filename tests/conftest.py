@@ -1,3 +1,12 @@
+"""Fixtures every kind of test shares, and the marker each test gets from its directory.
+
+tests/unit: pure logic, no process or socket of its own. tests/integration: real
+servers (nats-server, a Falco gRPC endpoint, the gateway's HTTP server). tests/k8s:
+the chart, values files, Dockerfile and demo script, no cluster. tests/operator:
+alert rules and dashboard against promtool and a real Prometheus. tests/bench: the
+benchmark's harness. `pytest -m unit` (or `make unit`) runs one kind.
+"""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -8,6 +17,25 @@ import pytest
 
 from gateway.simulator.falco_server import FalcoServer
 from tests.support import NatsServer
+
+TESTS = Path(__file__).parent
+# tests/<directory>/... -> marker (registered in pyproject.toml).
+KINDS = {
+    "unit": "unit",
+    "integration": "integration",
+    "k8s": "k8s",
+    "operator": "operator",
+    "bench": "bench",
+    "chaos": "chaos",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        kind = KINDS.get(parts[0]) if len(parts) > 1 else None
+        if kind is not None:
+            item.add_marker(kind)
 
 
 @pytest.fixture

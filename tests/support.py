@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +21,12 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
-from gateway.simulator.nats_server import nats_server_binary
+from gateway.simulator.nats_server import NatsServer, wait_jetstream
+from gateway.simulator.ports import ExitedEarly, free_port, wait_for_port
+
+# Defined with the simulator (the benchmark and `make demo` start theirs there
+# too); the tests take every real part from here.
+__all__ = ["NatsServer", "free_port", "wait_for_port", "wait_jetstream"]
 
 # falcosidekick's payload keys, in its order (types.FalcoPayload), tags and hostname present.
 FALCOSIDEKICK_KEYS = [
@@ -37,68 +40,6 @@ FALCOSIDEKICK_KEYS = [
     "tags",
     "hostname",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-class NatsServer:
-    """A real nats-server on a free loopback port; `stop` and `start` keep the port
-    (and, with JetStream, the store), as a restarted server would."""
-
-    def __init__(self, workdir: Path, jetstream: bool = False, name: str = "n1") -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.jetstream = jetstream
-        self.name = name
-        self.cluster_port = 0
-        self.routes: list[int] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def _config(self) -> Path:
-        lines = [f"server_name: {self.name}", f"listen: 127.0.0.1:{self.port}"]
-        if self.jetstream:
-            lines.append(f'jetstream {{ store_dir: "{self.workdir / ("js-" + self.name)}" }}')
-        if self.cluster_port:
-            routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.routes)
-            listen = f"127.0.0.1:{self.cluster_port}"
-            lines.append(f"cluster {{ name: falco-test, listen: {listen}, routes: [{routes}] }}")
-        path = self.workdir / f"{self.name}.conf"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def start(self) -> NatsServer:
-        log = (self.workdir / f"nats-{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(self._config())],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        """Kill the server, as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
 
 
 class NatsCluster:
@@ -123,23 +64,6 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-
-async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
-    """Until JetStream answers (a cluster needs a meta leader first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
-            try:
-                await nc.jetstream(timeout=1).account_info()
-                return
-            finally:
-                await nc.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def stream_ids(url: str, stream: str, expected: int, timeout: float = 30.0) -> list[str]:
@@ -255,18 +179,13 @@ async def running_gateway(
 
 
 async def _wait_http(port: int, task: asyncio.Task[None], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if task.done():
-            task.result()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
-    raise TimeoutError(f"gateway HTTP not up on {port}")
+    try:
+        await asyncio.to_thread(wait_for_port, port, timeout, task.done)
+    except ExitedEarly:
+        task.result()  # the gateway's own error, if it failed
+        raise
+    except TimeoutError:
+        raise TimeoutError(f"gateway HTTP not up on {port}") from None
 
 
 async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:

@@ -15,16 +15,15 @@ import grpc
 import grpc.aio
 import nats
 import nats.errors
-import nats.js.errors
 import orjson
 from nats.aio.client import Client
 
 from gateway.config import Settings, redact, split_listen
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StreamError
 from gateway.falco_pb import version_pb2, version_pb2_grpc
 from gateway.nats_options import connect_options
-from gateway.sources.grpc import GrpcTls
-from gateway.subject import SubjectTemplate
+from gateway.sinks.stream import StreamCheckFailed, inspect_stream, stream_settings
+from gateway.sources.grpc import GrpcTls, falco_channel
 
 TIMEOUT = 3.0
 
@@ -79,36 +78,17 @@ def _version(nc: Client) -> str:
 
 
 async def _check_stream(nc: Client, settings: Settings) -> Result:
+    wanted = stream_settings(settings)
     try:
-        info = await nc.jetstream(timeout=TIMEOUT).stream_info(settings.stream_name)
-    except nats.js.errors.NotFoundError:
-        if settings.stream_create:
-            return Result(
-                "jetstream",
-                True,
-                f"stream {settings.stream_name} missing; the gateway will create it",
-            )
-        return Result(
-            "jetstream",
-            False,
-            f"stream {settings.stream_name} does not exist and stream_create is off",
-        )
-    except (nats.errors.Error, TimeoutError) as exc:
-        return Result(
-            "jetstream", False, f"{type(exc).__name__}: {exc or 'JetStream not available'}"
-        )
+        info = await inspect_stream(nc.jetstream(timeout=TIMEOUT), wanted)
+    except StreamError as exc:
+        return Result("jetstream", False, str(exc))
+    except StreamCheckFailed as exc:
+        return Result("jetstream", False, f"stream {wanted.name} could not be read: {exc}")
+    if info is None:
+        missing = f"stream {wanted.name} missing; the gateway will create it"
+        return Result("jetstream", True, missing)
     config = info.config
-    # A stream the gateway creates is set to the configured subjects (validated);
-    # one it only uses must capture the alerts' subjects as it is.
-    template = SubjectTemplate(settings.subject_template)
-    missing = None if settings.stream_create else template.uncaptured(config.subjects or [])
-    if missing is not None:
-        return Result(
-            "jetstream",
-            False,
-            f"stream {config.name} (subjects {', '.join(config.subjects or []) or 'none'}) "
-            f"does not capture {missing!r}, a subject of subject_template",
-        )
     return Result(
         "jetstream",
         True,
@@ -122,21 +102,14 @@ async def check_falco(settings: Settings) -> Result:
     if not address:
         return Result("falco-grpc", True, "off (HTTP only)")
     try:
-        if address.startswith("unix://"):
-            channel = grpc.aio.insecure_channel(address)
-        else:
-            tls = GrpcTls.from_files(
-                settings.grpc_ca_cert, settings.grpc_client_key, settings.grpc_client_cert
-            )
-            credentials = grpc.ssl_channel_credentials(
-                tls.root_certificates, tls.private_key, tls.certificate_chain
-            )
-            options = (
-                [("grpc.ssl_target_name_override", settings.grpc_server_name)]
-                if settings.grpc_server_name
-                else []
-            )
-            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        tls = GrpcTls.for_address(
+            address,
+            settings.grpc_ca_cert,
+            settings.grpc_client_key,
+            settings.grpc_client_cert,
+            settings.grpc_server_name,
+        )
+        channel = falco_channel(address, tls)
     except ConfigError as exc:
         return Result("falco-grpc", False, str(exc))
     async with channel:

@@ -174,6 +174,11 @@ class FalcoServer:
         """How many `sub` requests clients have sent: shows the client keeps asking."""
         return self._outputs.requests
 
+    @property
+    def clients(self) -> int:
+        """How many `sub` streams are open now: shows who is connected."""
+        return self._outputs.active
+
     def emit(self, response: outputs_pb2.response) -> None:
         self.queue.push(response)
 

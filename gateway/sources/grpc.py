@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,33 @@ class GrpcTls:
             certificate_chain=_read("grpc_client_cert", cert),
             server_name=server_name,
         )
+
+    @classmethod
+    def for_address(
+        cls, address: str, ca: str, key: str, cert: str, server_name: str = ""
+    ) -> GrpcTls | None:
+        """None on a unix socket (no TLS there); the certificates read on TCP."""
+        if address.startswith("unix://"):
+            return None
+        return cls.from_files(ca, key, cert, server_name)
+
+
+def falco_channel(
+    address: str, tls: GrpcTls | None, options: Sequence[tuple[str, int | str]] = ()
+) -> grpc.aio.Channel:
+    """The channel to Falco's gRPC API: plain on a unix socket, mutual TLS on TCP.
+
+    The source and `check` both open theirs here, so `check` tries the link the
+    gateway would use."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates,
+        private_key=tls.private_key,
+        certificate_chain=tls.certificate_chain,
+    )
+    extra = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.aio.secure_channel(address, credentials, options=[*options, *extra])
 
 
 def _read(key: str, path: str) -> bytes:
@@ -113,17 +140,7 @@ class FalcoGrpcSource:
         self._requesting.set()
 
     def _channel(self) -> grpc.aio.Channel:
-        options = list(self.channel_options)
-        if self.tls is None:
-            return grpc.aio.insecure_channel(self.address, options=options)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.tls.root_certificates,
-            private_key=self.tls.private_key,
-            certificate_chain=self.tls.certificate_chain,
-        )
-        if self.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return grpc.aio.secure_channel(self.address, credentials, options=options)
+        return falco_channel(self.address, self.tls, self.channel_options)
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 5.0) -> None:
         """Stream alerts until `stop` is set, reconnecting to Falco as often as needed."""

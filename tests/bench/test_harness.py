@@ -17,14 +17,14 @@ from bench.loadgen import run_load
 from bench.procs import (
     Child,
     MachineClock,
-    NatsServer,
     cpu_seconds,
-    free_port,
     python_module,
     rss_bytes,
 )
 from bench.procs import wait_port as wait_listening
 from gateway.simulator.http_client import HttpClient
+from gateway.simulator.nats_server import NatsServer
+from gateway.simulator.ports import free_port
 from gateway.timefmt import format_rfc3339_ns
 
 
@@ -60,7 +60,7 @@ async def test_load_generator_sends_exactly_its_count(bare_server: int) -> None:
 async def test_relay_reference_publishes_each_alert_and_refuses_other_bodies(
     tmp_path: Path,
 ) -> None:
-    server = await NatsServer(tmp_path, "nats-relay").start()
+    server = NatsServer(tmp_path, name="nats-relay").start()
     port = free_port()
     argv = python_module("bench.servers", "relay", "--port", str(port), "--nats-url", server.url)
     child = Child("relay", argv, tmp_path)
@@ -81,7 +81,7 @@ async def test_relay_reference_publishes_each_alert_and_refuses_other_bodies(
     finally:
         await nc.close()
         await child.stop(5)
-        await server.stop()
+        server.stop()
 
 
 async def test_load_generator_reconnects_when_hypercorn_ends_keep_alive(bare_server: int) -> None:
@@ -105,7 +105,7 @@ async def test_paced_load_stamps_each_alert_with_its_due_time(bare_server: int) 
 
 
 async def test_collector_counts_ids_paths_and_latency(tmp_path: Path) -> None:
-    server = await NatsServer(tmp_path, "nats").start()
+    server = NatsServer(tmp_path, name="nats").start()
     try:
         collector = await Collector().connect(server.url)
         nc = await nats.connect(server.url)
@@ -122,7 +122,7 @@ async def test_collector_counts_ids_paths_and_latency(tmp_path: Path) -> None:
             await nc.close()
             await collector.close()
     finally:
-        await server.stop()
+        server.stop()
     assert arrivals.count == 5
     assert arrivals.duplicates == 1  # id-0 came twice
     assert dict(arrivals.paths) == {"grpc": 5}
@@ -132,7 +132,7 @@ async def test_collector_counts_ids_paths_and_latency(tmp_path: Path) -> None:
 
 
 async def test_collector_gives_up_when_nothing_comes(tmp_path: Path) -> None:
-    server = await NatsServer(tmp_path, "nats").start()
+    server = NatsServer(tmp_path, name="nats").start()
     try:
         collector = await Collector().connect(server.url)
         try:
@@ -140,7 +140,7 @@ async def test_collector_gives_up_when_nothing_comes(tmp_path: Path) -> None:
         finally:
             await collector.close()
     finally:
-        await server.stop()
+        server.stop()
     assert arrivals.count == 0
     assert arrivals.rate == 0
 

@@ -184,7 +184,7 @@ def test_context_holds_what_the_build_copies_and_nothing_generated() -> None:
     for left_out in (
         ".venv/bin/python",
         ".git/HEAD",
-        "tests/test_cli.py",
+        "tests/integration/test_cli.py",
         "charts/falco-nats-gateway/values.yaml",
         "gateway/falco_pb/outputs_pb2.py",
         "gateway/falco_pb/outputs_pb2_grpc.pyi",

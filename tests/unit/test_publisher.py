@@ -2,7 +2,7 @@
 
 No server and no waiting: a FakeLink stands in for the connection (the test
 says what NATS answers, and when the connection breaks), and a ClockLoop moves
-time forward past publish_timeout. tests/test_delivery.py covers the same
+time forward past publish_timeout. tests/integration/test_delivery.py covers the same
 promises against a real nats-server.
 """
 

@@ -2,7 +2,7 @@
 
 Disk errors are injected at the spool's boundary with the database (a wrapper
 around its SQLite connection that fails the statements it is told to); the
-full-disk case on a real (tmpfs) disk is in tests/test_spool_faults.py. Damage
+full-disk case on a real (tmpfs) disk is in tests/integration/test_spool_faults.py. Damage
 is made the way a crash makes it: a process that writes and is SIGKILLed, then
 its files cut short or overwritten.
 """

@@ -36,6 +36,7 @@ async def test_sub_writes_only_after_each_request(
             yield item
 
     received: asyncio.Queue[outputs_pb2.response] = asyncio.Queue()
+    assert falco.clients == 0
 
     async with grpc.aio.insecure_channel(socket_path) as channel:
         call = outputs_pb2_grpc.serviceStub(channel).sub(requests())
@@ -48,6 +49,7 @@ async def test_sub_writes_only_after_each_request(
         await one_request.put(outputs_pb2.request())
         for _ in range(3):
             await asyncio.wait_for(received.get(), 2)
+        assert falco.clients == 1  # the open `sub` stream, as the benchmark's feed reports it
         # The queue ran dry: a new alert is not written until the client asks again.
         falco.emit(responses(1)[0])
         await asyncio.sleep(0.5)

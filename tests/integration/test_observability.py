@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import orjson
 import pytest
 from nats.aio.msg import Msg
@@ -292,6 +293,13 @@ async def test_check_passes_when_every_link_works(
             "--listen", f"127.0.0.1:{free_port()}", "--jetstream", "--stream-create",
             "--spool-dir", str(tmp_path / "spool"),
         )  # fmt: skip
+        # check only reports: the stream the gateway would create is still missing.
+        nc = await nats.connect(server.url)
+        try:
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await nc.jetstream().stream_info("FALCO")
+        finally:
+            await nc.close()
     finally:
         server.stop()
     assert code == 0, report
@@ -354,6 +362,16 @@ async def test_check_finds_a_stream_alerts_cannot_go_to(
     assert line.startswith("FAIL")
     for needle in needles:
         assert needle in line
+
+
+async def test_check_on_a_server_without_jetstream_says_so(nats_server: NatsServer) -> None:
+    code, report = await run_check(
+        "--nats-url", nats_server.url, "--listen", f"127.0.0.1:{free_port()}", "--jetstream",
+    )  # fmt: skip
+    assert code == 1
+    line = lines_of(report)["jetstream"]
+    assert line.startswith("FAIL")
+    assert "JetStream is not enabled on the NATS server" in line
 
 
 def test_check_with_a_bad_setting_names_it() -> None:

@@ -19,8 +19,8 @@ from gateway.errors import AlertError
 from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.wire import to_falco_json
+from tests.integration.test_grpc_faults import REPLACEMENT, _metric
 from tests.support import NatsServer, running_gateway, subscribe, take
-from tests.test_grpc_faults import REPLACEMENT, _metric
 
 SEED = render(CATALOG[0], 1_612_815_555_325_119_960, "minikube")
 

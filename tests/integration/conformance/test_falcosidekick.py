@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from gateway.pipeline import MSG_ID_HEADER
-from tests.conformance.falcosidekick import CASES, Case, go_json
+from tests.integration.conformance.falcosidekick import CASES, Case, go_json
 from tests.support import NatsServer, nothing_more, running_gateway, subscribe, take
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.support import subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_shows_alerts_on_both_paths() -> None:

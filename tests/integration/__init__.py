@@ -1,0 +1,1 @@
+"""Tests against real servers: nats-server, a Falco gRPC endpoint, the gateway's HTTP server."""

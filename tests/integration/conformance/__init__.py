@@ -1,0 +1,1 @@
+"""The gateway against what Falco sends and what falcosidekick publishes (real servers)."""
