@@ -17,6 +17,11 @@ HEADING = "## Compared with falcosidekick's NATS output"
 SECTION = COMPATIBILITY.partition(HEADING)[2].partition("\n## ")[0]
 
 
+def test_the_readme_links_the_table() -> None:
+    assert HEADING in COMPATIBILITY
+    assert "(docs/falcosidekick.md)" in README
+
+
 @pytest.mark.parametrize(
     "name", sorted(config.FALCOSIDEKICK_ENV) + sorted(config.FALCOSIDEKICK_REFUSED_ENV)
 )
