@@ -67,7 +67,7 @@ integration: $(PROTO_OUT)
 	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
 # Ceilings and the gateway on this machine: a table on stdout, JSON in bench-results/
-# (BENCH_ARGS="--scale 0.5" for a shorter run; see the README's Performance section).
+# (BENCH_ARGS="--scale 0.5" for a shorter run; see docs/performance.md).
 bench: $(PROTO_OUT)
 	$(PY) -m bench $(BENCH_ARGS)
 
@@ -85,7 +85,7 @@ operator: $(PROTO_OUT)
 	$(PY) scripts/operator_kit.py --check
 	$(PY) -m pytest -q tests/operator $(PYTEST_ARGS)
 
-# The README's picture of the dashboard: the Prometheus test's panel data, plotted.
+# The picture of the dashboard (README, docs/observability.md): the Prometheus test's panel data, plotted.
 dashboard-png: $(PROTO_OUT)
 	OPERATOR_KIT_DATA=$(CURDIR)/.dashboard-data.json $(PY) -m pytest -q \
 		tests/operator/test_prometheus.py $(PYTEST_ARGS)

@@ -1,5 +1,6 @@
-"""The README's compatibility table tells the truth about every falcosidekick setting the
-gateway knows, and about what differs (issue 13, point 10)."""
+"""The falcosidekick compatibility table (docs/falcosidekick.md, linked from the README)
+tells the truth about every falcosidekick setting the gateway knows, and about what differs
+(issue 13, point 10)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import pytest
 
 from gateway import config
 
-README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-SECTION = README.partition("## Compared with falcosidekick's NATS output")[2].partition("\n## ")[0]
+ROOT = Path(__file__).parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+COMPATIBILITY = (ROOT / "docs" / "falcosidekick.md").read_text(encoding="utf-8")
+HEADING = "## Compared with falcosidekick's NATS output"
+SECTION = COMPATIBILITY.partition(HEADING)[2].partition("\n## ")[0]
+
+
+def test_the_readme_links_the_table() -> None:
+    assert HEADING in COMPATIBILITY
+    assert "(docs/falcosidekick.md)" in README
 
 
 @pytest.mark.parametrize(
@@ -29,6 +38,7 @@ def test_every_refused_setting_is_marked_refused(name: str) -> None:
 def test_truncation_is_described_as_it_is() -> None:
     # The gateway marks cut values `[truncated]`; falcosidekick cuts to 507 + `[...]`.
     assert "as falcosidekick does" not in README
+    assert "as falcosidekick does" not in COMPATIBILITY
     row = next(line for line in SECTION.splitlines() if "`[...]`" in line)
     assert "507" in row
     assert "`[truncated]`" in row
