@@ -46,6 +46,14 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream, its store under the test's tmp_path."""
+    server = NatsServer(tmp_path, jetstream=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def socket_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     # unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     import tempfile

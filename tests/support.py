@@ -19,6 +19,8 @@ from nats.aio.msg import Msg
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.event import FalcoEvent
+from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.falco_server import FalcoServer
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.nats_server import NatsServer, wait_jetstream
@@ -211,3 +213,13 @@ def subprocess_env() -> dict[str, str]:
 
 # The `start_falco` fixture (conftest.py): starts a Falco stand-in, stopped after the test.
 StartFalco = Callable[..., Awaitable[FalcoServer]]
+
+
+def catalog_alerts(count: int, start: int = 0) -> list[FalcoEvent]:
+    """`count` distinct alerts from the simulator's catalogue, from three hosts, a
+    nanosecond apart: the same ones on every call with the same arguments."""
+    base = 1_700_000_000_000_000_000
+    return [
+        render(CATALOG[i % len(CATALOG)], base + i, f"node-{i % 3}")
+        for i in range(start, start + count)
+    ]

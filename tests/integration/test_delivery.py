@@ -8,17 +8,15 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import nats
 import orjson
-import pytest
 
 from gateway.event import FalcoEvent
 from gateway.pipeline import MSG_ID_HEADER
-from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.http_client import HttpClient
 from gateway.simulator.wire import to_falco_json, to_grpc_response
 from gateway.sinks.nats import Group
@@ -39,23 +37,11 @@ from tests.support import (
     wait_for_port,
     wait_jetstream,
 )
+from tests.support import (
+    catalog_alerts as alerts,
+)
 
 JETSTREAM = {"jetstream": True, "stream_create": True}
-
-
-def alerts(count: int, start: int = 0) -> list[FalcoEvent]:
-    base = 1_700_000_000_000_000_000
-    return [
-        render(CATALOG[i % len(CATALOG)], base + i, f"node-{i % 3}")
-        for i in range(start, start + count)
-    ]
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path, jetstream=True).start()
-    yield server
-    server.stop()
 
 
 async def post_all(url: str, events: list[FalcoEvent], connections: int = 4) -> list[int]:

@@ -7,17 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import nats
 import orjson
 import pytest
 
-from gateway.event import FalcoEvent
 from gateway.pipeline import MSG_ID_HEADER
-from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json
 from tests.support import (
     NatsServer,
@@ -27,20 +23,9 @@ from tests.support import (
     take,
     until,
 )
-
-
-def alerts(count: int, start: int = 0) -> list[FalcoEvent]:
-    base = 1_710_000_000_000_000_000
-    return [
-        render(CATALOG[i % len(CATALOG)], base + i, "node-1") for i in range(start, start + count)
-    ]
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path, jetstream=True).start()
-    yield server
-    server.stop()
+from tests.support import (
+    catalog_alerts as alerts,
+)
 
 
 async def test_alert_just_under_max_payload_is_shortened_and_nothing_wedges(

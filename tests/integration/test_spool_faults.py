@@ -25,7 +25,6 @@ from gateway.commands.check import check_spool, run_checks
 from gateway.config import Settings
 from gateway.errors import SpoolFull
 from gateway.event import FalcoEvent
-from gateway.simulator.alerts import CATALOG, render
 from gateway.simulator.wire import to_falco_json, to_grpc_response
 from gateway.spool import Spool
 from tests.support import (
@@ -36,23 +35,11 @@ from tests.support import (
     stream_ids,
     until,
 )
+from tests.support import (
+    catalog_alerts as alerts,
+)
 
 JETSTREAM: dict[str, Any] = {"jetstream": True, "stream_create": True}
-
-
-def alerts(count: int, start: int = 0) -> list[FalcoEvent]:
-    base = 1_700_000_000_000_000_000
-    return [
-        render(CATALOG[i % len(CATALOG)], base + i, f"node-{i % 3}")
-        for i in range(start, start + count)
-    ]
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path, jetstream=True).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
