@@ -1,3 +1,5 @@
+"""The dedup window: what counts as seen, for how long, and what it forgets."""
+
 from __future__ import annotations
 
 from gateway.dedup import DedupWindow

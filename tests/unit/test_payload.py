@@ -1,3 +1,5 @@
+"""The message body: falcosidekick's JSON payload, byte for byte."""
+
 from __future__ import annotations
 
 from dataclasses import replace

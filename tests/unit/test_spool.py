@@ -1,3 +1,6 @@
+"""The spool on its own: order, limits, deletes in any order, the memory cache and
+the database behind it."""
+
 from __future__ import annotations
 
 import os

@@ -1,3 +1,6 @@
+"""Times in and out: RFC 3339 parsing with its refusals, Go's RFC3339Nano, gRPC
+Timestamps."""
+
 from __future__ import annotations
 
 import pytest
