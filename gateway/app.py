@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import __version__
-from gateway.config import Settings, redact
+from gateway.config import Settings, naming, redact
 from gateway.config import split_listen as config_split_listen
 from gateway.dedup import DedupWindow
 from gateway.logs import log
@@ -50,7 +50,8 @@ class Gateway:
             publish_timeout=s.publish_timeout,
             jetstream=lambda: self.link.jetstream,
         )
-        self.spool = Spool(s.spool_dir, s.spool_max_bytes, s.spool_sync)
+        with naming("spool_dir"):
+            self.spool = Spool(s.spool_dir, s.spool_max_bytes, s.spool_sync)
         self.publisher = Publisher(
             self.spool,
             self.sink,

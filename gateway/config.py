@@ -13,9 +13,10 @@ name everywhere: `nats_url` in YAML, `GATEWAY_NATS_URL` in the environment,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -702,6 +703,18 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             )
         values[key] = value
     return values
+
+
+@contextlib.contextmanager
+def naming(key: str) -> Iterator[None]:
+    """Domain code raises ValueError about a value; here that becomes a ConfigError
+    naming the setting the value came from."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def split_listen(listen: str, key: str = "listen") -> tuple[str, int]:

@@ -3,6 +3,7 @@
 GatewayError
 ├── ConfigError       a setting is wrong; the message names the key and the value
 ├── AlertError        an alert cannot be read; carries the HTTP status to answer with
+├── SpoolUnusable     spool_dir cannot be used (a ValueError too: config names the setting)
 ├── SpoolFull         the spool cannot take an alert now: refused (HTTP 503, gRPC held back)
 │   └── SpoolDiskError    its disk refused the write (full, I/O error)
 ├── StreamError       the JetStream stream is missing (creation off) or cannot be used
@@ -87,6 +88,12 @@ class AlertError(GatewayError):
 
 class SpoolFull(GatewayError):
     """The spool holds `spool_max_bytes` already; the message says how much."""
+
+
+class SpoolUnusable(GatewayError, ValueError):
+    """The spool's folder cannot be used: not creatable, held by another gateway,
+    damaged beyond what can be moved aside. Raised by the spool, which does not know
+    settings; where it is opened, config.naming("spool_dir") names the setting."""
 
 
 class SpoolDiskError(SpoolFull):

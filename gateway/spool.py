@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, cast
 import orjson
 
 from gateway import spool_repair
-from gateway.errors import ConfigError, SpoolDiskError, SpoolFull
+from gateway.errors import SpoolDiskError, SpoolFull, SpoolUnusable
 from gateway.logs import log
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Spool:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError("spool_dir", f"cannot create {folder}: {exc.strerror}") from None
+            raise SpoolUnusable(f"cannot create {folder}: {exc.strerror}") from None
         self._lock = _lock(folder)
         path = folder / "spool.db"
         self.location = str(path)
@@ -179,13 +179,13 @@ class Spool:
             elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
                 problems.append(f"{path.name} cannot be read: {exc}")
             else:
-                raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+                raise SpoolUnusable(f"cannot use {self.location}: {exc}") from None
         if db is None:
             # Moved, not copied: the damaged files stay as they were found, and a
             # rename needs no room on a full disk.
             kept = _keep_aside(path, move=True)
             if not isinstance(kept, Path):
-                raise ConfigError("spool_dir", f"{self.location} is damaged and {kept}")
+                raise SpoolUnusable(f"{self.location} is damaged and {kept}")
             db = self._rebuild(kept / path.name, sync, problems)
         self._db = db
         self.damage = list(problems)
@@ -222,7 +222,7 @@ class Spool:
         try:
             return self._connect(sync, exclusive=True)
         except self._db_error as exc:
-            raise ConfigError("spool_dir", f"cannot use {self.location}: {exc}") from None
+            raise SpoolUnusable(f"cannot use {self.location}: {exc}") from None
 
     def _connect(self, sync: SpoolSync, *, exclusive: bool = False) -> sqlite3.Connection:
         """Open and check the database; sqlite3.DatabaseError when it is damaged."""
@@ -267,7 +267,7 @@ class Spool:
                     rows,
                 )
         except self._db_error as exc:
-            raise ConfigError("spool_dir", f"cannot rebuild {self.location}: {exc}") from None
+            raise SpoolUnusable(f"cannot rebuild {self.location}: {exc}") from None
         problems.append(
             f"{len(rows)} alerts read back from it"
             + (
@@ -662,10 +662,10 @@ def _lock(folder: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise ConfigError("spool_dir", f"cannot open {path}: {exc.strerror}") from None
+        raise SpoolUnusable(f"cannot open {path}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise ConfigError("spool_dir", f"{folder} is in use by another gateway process") from None
+        raise SpoolUnusable(f"{folder} is in use by another gateway process") from None
     return fd

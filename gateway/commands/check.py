@@ -18,7 +18,7 @@ import nats.errors
 import orjson
 from nats.aio.client import Client
 
-from gateway.config import Settings, redact, split_listen
+from gateway.config import Settings, naming, redact, split_listen
 from gateway.errors import ConfigError, StreamError
 from gateway.falco_pb import version_pb2, version_pb2_grpc
 from gateway.nats_options import connect_options
@@ -174,7 +174,8 @@ def check_spool(settings: Settings) -> Result:
     if not settings.spool_dir:
         return Result("spool", True, "in memory (set spool_dir to survive restarts)")
     try:
-        spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_sync)
+        with naming("spool_dir"):
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_sync)
     except ConfigError as exc:
         return Result("spool", False, str(exc))
     try:

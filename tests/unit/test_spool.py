@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError, SpoolFull
+from gateway.config import naming
+from gateway.errors import ConfigError, SpoolFull, SpoolUnusable
 from gateway.spool import MEMORY_OVERHEAD, Spool
 
 
@@ -74,17 +75,19 @@ def test_file_spool_survives_reopening(tmp_path: Path) -> None:
     assert sorted(reopened.alert_ids()) == ["id-2", "id-3", "id-4"]
 
 
-def test_unusable_spool_dir_is_a_config_error(tmp_path: Path) -> None:
+def test_unusable_spool_dir_is_a_config_error_naming_the_setting(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ConfigError) as caught:
-        Spool(str(blocker / "spool"))
+    with pytest.raises(SpoolUnusable, match="cannot create"):
+        Spool(str(blocker / "spool"))  # the spool knows no settings...
+    with pytest.raises(ConfigError) as caught, naming("spool_dir"):
+        Spool(str(blocker / "spool"))  # ...where it is opened, the setting is named
     assert caught.value.key == "spool_dir"
 
 
 def test_one_spool_folder_serves_one_gateway(tmp_path: Path) -> None:
     first = Spool(str(tmp_path / "spool"))
-    with pytest.raises(ConfigError, match="in use by another gateway"):
+    with pytest.raises(SpoolUnusable, match="in use by another gateway"):
         Spool(str(tmp_path / "spool"))
     first.close()
     Spool(str(tmp_path / "spool")).close()
