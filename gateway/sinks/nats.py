@@ -166,6 +166,9 @@ NO_ANSWER = "no answer within publish_timeout"
 class Confirmation(Protocol):
     """How NATS says it has an alert; one strategy per mode."""
 
+    # Bytes of headers the strategy adds to an alert's own, counted against max_payload.
+    added_header_bytes: int
+
     async def start(self) -> None:
         """Get ready on a new sink (JetStream: listen for acks)."""
 
@@ -255,7 +258,7 @@ class NatsSink:
         with contextlib.suppress(LinkDown):
             for alert in batch:
                 try:
-                    payload = _fitted(alert, limit)
+                    payload = _fitted(alert, limit, self.strategy.added_header_bytes)
                 except Refused as exc:
                     published.refused.append((alert, str(exc)))
                     continue
@@ -291,9 +294,10 @@ class NatsSink:
         self.on_change()
 
 
-def _fitted(alert: SpooledAlert, limit: int) -> bytes:
-    """The alert's payload, shortened if it does not fit `limit` with its headers."""
-    headers = message_size(b"", alert.headers) + _EXTRA_HEADERS
+def _fitted(alert: SpooledAlert, limit: int, added_headers: int) -> bytes:
+    """The alert's payload, shortened if it does not fit `limit` with its headers
+    (its own and the `added_headers` bytes the strategy adds)."""
+    headers = message_size(b"", alert.headers) + added_headers
     if len(alert.payload) + headers <= limit:
         return alert.payload
     fitted = fit_payload(alert.payload, limit - headers)
@@ -318,13 +322,11 @@ def _short_subject(subject: str) -> str:
 # reply subject and sizes that share the line.
 MAX_SUBJECT_BYTES = 1024
 
-# Room for the header JetStream publishes add (Nats-Expected-Stream with a stream
-# name of up to 255 characters, as JetStream allows).
-_EXTRA_HEADERS = len(EXPECTED_STREAM) + 2 + 255 + 2
-
 
 class CoreConfirmation:
     """Core NATS: one PING at a time, covering every alert published before it."""
+
+    added_header_bytes = 0
 
     def __init__(self, link: Link, wake: Callable[[], None], timeout: float) -> None:
         self.link = link
@@ -404,6 +406,8 @@ class JetStreamConfirmation:
         self.stream = stream
         self.wake = wake
         self.timeout = timeout
+        # "Nats-Expected-Stream: <stream>\r\n", added to every publish's headers.
+        self.added_header_bytes = len(EXPECTED_STREAM) + 2 + len(stream.encode()) + 2
         self.prefix = ""
         self._next = 0
         self._waiting: dict[str, asyncio.Future[None]] = {}

@@ -25,6 +25,7 @@ from gateway.sinks.nats import (
     JetStreamConfirmation,
     NatsSink,
 )
+from gateway.sinks.natspy import message_size
 from gateway.sinks.stream import StreamSettings, stream_config
 from gateway.spool import Spool
 from tests.unit.fake_nats import ClockLoop, FakeJetStream, FakeLink, build
@@ -73,6 +74,14 @@ def spool_alerts(spool: Spool, count: int, size: int = 100, start: int = 0) -> l
     return ids
 
 
+async def offer(publisher: Publisher, spool: Spool, count: int, **kwargs: Any) -> list[str]:
+    """Spool `count` alerts, tell the publisher, and let it act: their ids."""
+    sent = spool_alerts(spool, count, **kwargs)
+    publisher.notify()
+    await turns()
+    return sent
+
+
 class Running:
     """A publisher task, and what it takes to stop it."""
 
@@ -104,9 +113,7 @@ def ids(messages: list[Any]) -> list[str]:
 async def test_jetstream_acks_delete_alerts_in_order() -> None:
     link, _, publisher, spool = build(jetstream=True)
     running = Running(publisher)
-    sent = spool_alerts(spool, 10)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 10)
     assert ids(link.published) == sent
     for _ in sent:
         await link.ack()
@@ -123,9 +130,7 @@ async def test_mixed_acks_ok_refused_malformed_and_unanswered() -> None:
     such alert on, in order."""
     link, _, publisher, spool = build(jetstream=True, publish_timeout=2.0, batch_size=64)
     running = Running(publisher)
-    sent = spool_alerts(spool, 5)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 5)
     await link.ack()  # 0: stored
     await link.ack({"error": {"code": 400, "err_code": 10054, "description": "too big"}})
     await link.ack(raw=b"not json")  # 2: unreadable, sent again
@@ -153,9 +158,7 @@ async def test_mixed_acks_ok_refused_malformed_and_unanswered() -> None:
 async def test_stream_full_is_retried_and_reported_as_degraded() -> None:
     link, _, publisher, spool = build(jetstream=True)
     running = Running(publisher)
-    sent = spool_alerts(spool, 2)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 2)
     full = {"error": {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"}}
     await link.ack(full)
     await link.ack(full)
@@ -183,9 +186,7 @@ async def test_deleted_stream_is_created_again() -> None:
     running = Running(publisher)
     await turns()
     assert "FALCO" in js.streams
-    sent = spool_alerts(spool, 1)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 1)
     js.streams.clear()  # someone deleted it
     await link.ack(status="503")
     await turns()
@@ -213,9 +214,7 @@ async def test_missing_stream_stops_start_up_but_only_degrades_later() -> None:
     link, _, publisher, spool = build(jetstream=True, js=js, stream=stream)
     running = Running(publisher)
     await turns()
-    spool_alerts(spool, 1)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 1)
     js.streams.clear()
     await link.ack(status="503")
     await turns()
@@ -250,9 +249,7 @@ async def test_stream_check_that_times_out_is_tried_again() -> None:
 async def test_core_one_ping_confirms_everything_before_it() -> None:
     link, _, publisher, spool = build()
     running = Running(publisher)
-    spool_alerts(spool, 5)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 5)
     assert len(link.pings) == 1
     assert link.pings[0][1] == 5, "the PING comes after all five"
     link.pong()
@@ -266,12 +263,8 @@ async def test_core_one_ping_confirms_everything_before_it() -> None:
 async def test_core_pings_at_most_every_confirm_interval_and_one_at_a_time() -> None:
     link, _, publisher, spool = build()
     running = Running(publisher)
-    spool_alerts(spool, 1)
-    publisher.notify()
-    await turns()
-    spool_alerts(spool, 1, start=1)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 1)
+    await offer(publisher, spool, 1, start=1)
     assert len(link.pings) == 1, "one PING out at a time"
     link.pong()
     await turns()
@@ -288,9 +281,7 @@ async def test_core_pings_at_most_every_confirm_interval_and_one_at_a_time() -> 
 async def test_core_unanswered_ping_resends_in_order() -> None:
     link, _, publisher, spool = build(publish_timeout=1.0)
     running = Running(publisher)
-    sent = spool_alerts(spool, 3)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 3)
     await later(1.5)  # no PONG within publish_timeout
     assert publisher.problem == "no answer within publish_timeout"
     await later(0.5)  # the backoff before trying again
@@ -309,9 +300,7 @@ def test_connection_lost_with_a_window_in_flight(jetstream: bool) -> None:
     async def scenario() -> None:
         link, _, publisher, spool = build(jetstream=jetstream, batch_size=8)
         running = Running(publisher)
-        sent = spool_alerts(spool, 12)
-        publisher.notify()
-        await turns()
+        sent = await offer(publisher, spool, 12)
         assert ids(link.published) == sent[:8], "a window of 8 in flight"
         link.drop()
         await turns()
@@ -351,9 +340,7 @@ def test_batch_cut_short_resends_exactly_the_rest(jetstream: bool) -> None:
         link, _, publisher, spool = build(jetstream=jetstream, batch_size=16)
         running = Running(publisher)
         link.fails_after = 2
-        sent = spool_alerts(spool, 4)
-        publisher.notify()
-        await turns()
+        sent = await offer(publisher, spool, 4)
         assert ids(link.published) == sent[:2]
         assert publisher.problem == "publish failed with NATS connected"
         await later(0.5)  # the backoff before trying again
@@ -372,9 +359,7 @@ def test_connection_lost_mid_batch_resends_everything_unconfirmed(jetstream: boo
         link, _, publisher, spool = build(jetstream=jetstream, batch_size=16)
         running = Running(publisher)
         link.breaks_after = 2
-        sent = spool_alerts(spool, 4)
-        publisher.notify()
-        await turns()
+        sent = await offer(publisher, spool, 4)
         assert ids(link.published) == sent[:2]
         link.restore()
         await turns(100)
@@ -410,11 +395,10 @@ async def test_spool_max_age_drops_and_counts_old_alerts() -> None:
 async def test_alert_over_max_payload_is_shortened_to_fit() -> None:
     link, _, publisher, spool = build(max_payload=2000)
     running = Running(publisher)
-    spool_alerts(spool, 1, size=5000)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 1, size=5000)
     (message,) = link.published
-    assert len(message.payload) <= 2000 - 50
+    # As long as fits with its headers: the cut is the least that makes it fit.
+    assert 2000 - 2 <= message_size(message.payload, message.headers) <= 2000
     assert orjson.loads(message.payload)["output"].endswith("[truncated]")
     link.pong()
     await turns()
@@ -431,9 +415,7 @@ async def test_alert_that_cannot_fit_is_undeliverable_and_the_rest_flows() -> No
     spool.append(
         "http", "falco.notice.x", {"Nats-Msg-Id": "big"}, orjson.dumps({"rule": "r" * 500})
     )
-    last = spool_alerts(spool, 1, start=2)
-    publisher.notify()
-    await turns()
+    last = await offer(publisher, spool, 1, start=2)
     assert ids(link.published) == ["id-0000", *last]
     link.pong()
     await turns()
@@ -521,9 +503,7 @@ async def test_stop_while_disconnected_with_nothing_spooled_returns_at_once() ->
 async def test_run_again_after_a_failure_starts_from_the_oldest_alert() -> None:
     link, _, publisher, spool = build(jetstream=True)
     running = Running(publisher)
-    sent = spool_alerts(spool, 3)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 3)
     running.task.cancel()  # as if it had crashed; a supervisor calls run() again
     await asyncio.gather(running.task, return_exceptions=True)
     running = Running(publisher)
@@ -560,9 +540,7 @@ async def test_gathers_a_stream_spooled_one_per_turn() -> None:
 async def test_an_error_ack_that_is_not_an_object_is_retried() -> None:
     link, _, publisher, spool = build(jetstream=True)
     running = Running(publisher)
-    sent = spool_alerts(spool, 1)
-    publisher.notify()
-    await turns()
+    sent = await offer(publisher, spool, 1)
     await link.ack({"error": "stream offline"})
     await turns()
     assert publisher.problem == "JetStream: stream offline (None)"
@@ -580,9 +558,7 @@ async def test_answers_given_up_on_are_swept() -> None:
     assert isinstance(strategy, JetStreamConfirmation)
     strategy.SWEEP_AT = 4
     running = Running(publisher)
-    spool_alerts(spool, 4)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 4)
     link.drop()  # the window is given up on; its answers never come
     link.restore()
     await turns(100)
@@ -609,9 +585,33 @@ async def test_prepare_learns_the_streams_max_msg_size() -> None:
     js = FakeJetStream(max_msg_size=1500)
     link, _, publisher, spool = build(jetstream=True, js=js)
     running = Running(publisher)
-    spool_alerts(spool, 1, size=3000)
-    publisher.notify()
-    await turns()
+    await offer(publisher, spool, 1, size=3000)
     (message,) = link.published
     assert len(message.payload) < 1500
     await running.finish()
+
+
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+def test_an_alert_that_fits_exactly_is_sent_as_it_is(jetstream: bool) -> None:
+    """The size counted against max_payload is exact in both modes: an alert whose
+    headers (with JetStream's Nats-Expected-Stream) and payload fill max_payload to
+    the byte goes out whole; one byte more and it is shortened."""
+
+    @clocked
+    async def scenario() -> None:
+        payload = orjson.dumps({"uuid": "a", "output": "x" * 500, "output_fields": {}})
+        headers = {"Nats-Msg-Id": "a"}
+        if jetstream:
+            headers = {**headers, "Nats-Expected-Stream": "FALCO"}
+        exact = message_size(payload, headers)
+        for limit, whole in ((exact, True), (exact - 1, False)):
+            link, _, publisher, spool = build(jetstream=jetstream, max_payload=limit)
+            running = Running(publisher)
+            spool.append("http", "falco.notice.x", {"Nats-Msg-Id": "a"}, payload)
+            publisher.notify()
+            await turns()
+            (message,) = link.published
+            assert (message.payload == payload) is whole
+            await running.finish()
+
+    scenario()
