@@ -227,6 +227,18 @@ class NatsLink:
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is queued and close; bounded by `timeout`."""
         self._closing = True
+        try:
+            await self._close(timeout)
+        finally:
+            # PINGs a lost connection will never answer (nats-py forgets them on a
+            # reconnect): nothing waits for them any more.
+            flushes = list(self._flushes)
+            for flush in flushes:
+                flush.cancel()
+            if flushes:
+                await asyncio.wait(flushes, timeout=1.0)
+
+    async def _close(self, timeout: float) -> None:
         task = self._task
         if task is not None and not task.done():
             # nats-py's connect() can swallow a cancellation; the task also looks at

@@ -148,3 +148,18 @@ async def test_a_pong_after_the_timeout_leaves_the_connection_working() -> None:
         assert log.pings[1:] == [1, 3]
         assert link.connected
         await link.close(1)
+
+
+async def test_close_leaves_no_ping_waiting() -> None:
+    """A PING out when the gateway closes (the server never answers it) is not left
+    behind as a pending task."""
+    async with wire_log(hold=5.0) as (_, url):
+        link = NatsLink({"servers": [url]})
+        await link.start()
+        assert await link.wait_connected(5)
+        await publish(link, 1, 10)
+        await asyncio.sleep(0.3)  # written: the server holds its reading now
+        confirmation = await link.ping(30)
+        await link.close(0.5)
+        await asyncio.sleep(0)  # the confirmation hears of it
+        assert isinstance(confirmation.exception(), LinkDown)
